@@ -1,0 +1,144 @@
+"""The application's configuration: the `args` block of serve_config.yaml, validated once at build time.
+
+Why pydantic: a typo in serve_config.yaml fails `serve run` at once with the field's name, instead of
+surfacing as a replica crash loop minutes later. Every engine argument not named here passes through
+to vLLM's `AsyncEngineArgs` untouched (`engine_args` allows extra keys).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# `model: builtin:tiny-llama` names the demo model that deployments/demo_model.py builds offline.
+BUILTIN_DEMO = "builtin:tiny-llama"
+
+
+class EngineArgs(BaseModel):
+    """vLLM engine arguments. The common ones are typed; any other `AsyncEngineArgs` field passes through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    dtype: str = "auto"
+    max_model_len: Optional[int] = Field(default=None, ge=16)
+    max_num_seqs: Optional[int] = Field(default=None, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    quantization: Optional[str] = None
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    enable_prefix_caching: Optional[bool] = None
+    enforce_eager: bool = False
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class StreamingConfig(BaseModel):
+    """How a streamed generation's tokens are grouped into SSE chunks.
+
+    The first token always leaves at once (TTFT) and the last one too (E2E). Between them, the
+    engine's per-step outputs are merged until `interval_ms` has passed since the last chunk or
+    `max_tokens_per_chunk` tokens are waiting. Every chunk costs CPU three times: vLLM's JSON
+    rendering, the Ray hop to the ingress, and the HTTP write; on a 2-core machine that CPU is taken
+    from the engine. `interval_ms: 0` sends one chunk per engine step, as `vllm serve` does.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_ms: float = Field(default=50.0, ge=0, le=1000)
+    max_tokens_per_chunk: int = Field(default=64, ge=1)
+
+
+class SubmitBatchingConfig(BaseModel):
+    """Optional `@serve.batch` grouping of request submission at the LLM replica (see architecture.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    max_batch_size: int = Field(default=8, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.002, ge=0)
+
+
+class DeploymentOptions(BaseModel):
+    """Ray Serve options for one deployment; passed to `.options()` as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    num_replicas: Optional[int | str] = None
+    max_ongoing_requests: Optional[int] = None
+    max_queued_requests: Optional[int] = None
+    autoscaling_config: Optional[dict[str, Any]] = None
+    ray_actor_options: Optional[dict[str, Any]] = None
+    health_check_period_s: Optional[float] = None
+    health_check_timeout_s: Optional[float] = None
+    graceful_shutdown_timeout_s: Optional[float] = None
+
+    def as_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class ModelConfig(BaseModel):
+    """One served model: where its weights come from, its engine, and its deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Hugging Face id, local path, or `builtin:tiny-llama` (the offline demo model).
+    model: str = BUILTIN_DEMO
+    # The name clients send as `model` and see in /v1/models; defaults to `model`.
+    served_model_name: Optional[str] = None
+    tokenizer: Optional[str] = None
+    chat_template: Optional[str] = None
+    engine_args: EngineArgs = Field(default_factory=EngineArgs)
+    # Environment of the LLM replica, e.g. VLLM_CPU_KVCACHE_SPACE on CPU.
+    env: dict[str, str] = Field(default_factory=dict)
+    # What each replica reserves from Ray: CPUs, GPUs (set num_gpus: 1 on GPU nodes), custom resources.
+    num_gpus: float = 0.0
+    resources: dict[str, float] = Field(default_factory=dict)
+    num_cpus: float = 1.0
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    streaming: StreamingConfig = Field(default_factory=StreamingConfig)
+    submit_batching: SubmitBatchingConfig = Field(default_factory=SubmitBatchingConfig)
+    # Real requests each replica serves before it reports healthy.
+    warmup_requests: int = Field(default=2, ge=0)
+
+
+    @property
+    def name(self) -> str:
+        if self.served_model_name:
+            return self.served_model_name
+        return "tiny-llama" if self.model == BUILTIN_DEMO else self.model
+
+
+class IngressConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    # Bodies larger than this are refused with 413 before they are parsed.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Ingress -> LLM replica transport: Serve's gRPC channel (`_by_reference=False`) or Ray actor
+    # calls with one object per streamed item. Chosen by measurement (docs/architecture.md).
+    grpc_handles: bool = False
+
+
+class AppConfig(BaseModel):
+    """The `args` of the raygate application in serve_config.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+
+    @field_validator("models")
+    @classmethod
+    def _at_least_one(cls, v: list[ModelConfig]) -> list[ModelConfig]:
+        if not v:
+            raise ValueError("at least one model is required")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "AppConfig":
+        names = [m.name for m in self.models]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate served model names: {sorted(dup)}")
+        return self

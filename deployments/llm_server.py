@@ -1,0 +1,159 @@
+"""The LLM deployment: each replica owns one vLLM engine and streams OpenAI responses to the ingress.
+
+Every call is a streaming handle call whose first item is a `Reply` head (status and body, or the
+first SSE chunk) and whose later items are SSE strings. Reading the head before the ingress commits
+an HTTP status is what lets errors that vLLM raises lazily (at the first engine step) still reach the
+client as a 4xx JSON error instead of a 200 stream that carries an error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncGenerator, Optional
+
+from ray import serve
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+from deployments.config import ModelConfig
+from deployments.engine import LLMEngine, ServeResult
+from deployments.engine_reaper import start_reaper
+from deployments.errors import APIError, error_body
+from deployments.request_parsing import CHAT, validate_request
+
+logger = logging.getLogger("ray.serve")
+
+_ERROR_PREFIX = 'data: {"error"'
+
+
+@dataclass
+class Reply:
+    """The head of a response: an HTTP status and a JSON body, or (streaming) the first SSE chunk."""
+
+    status: int
+    body: str
+    streaming: bool = False
+
+
+def _error_reply(err: ErrorResponse) -> Reply:
+    return Reply(status=int(err.error.code or 500), body=err.model_dump_json())
+
+
+def _sse_error_reply(chunk: str) -> Optional[Reply]:
+    """An SSE chunk that is an error event (vLLM's lazily raised validation) as an error Reply."""
+    if not chunk.startswith(_ERROR_PREFIX):
+        return None
+    payload = json.loads(chunk[len("data: ") :].strip())
+    err = payload.get("error", {})
+    return Reply(status=int(err.get("code") or 500), body=json.dumps(payload))
+
+
+class LLMServer:
+    """One vLLM engine per replica. Methods are called by the ingress through a DeploymentHandle."""
+
+    async def __init__(self, cfg: ModelConfig):
+        self._cfg = cfg
+        # Blocks until the model is loaded; a replica is not routed to before __init__ returns.
+        self._engine = LLMEngine.start(cfg)
+        self._reaper = start_reaper(self._engine.engine_pids())
+        if cfg.submit_batching.enabled:
+            self._submit_batch.set_max_batch_size(cfg.submit_batching.max_batch_size)
+            self._submit_batch.set_batch_wait_timeout_s(cfg.submit_batching.batch_wait_timeout_s)
+        await self._warmup(cfg.warmup_requests)
+
+    async def _warmup(self, n: int) -> None:
+        """Serve `n` real requests (half streamed) so the first client request meets a warm engine."""
+        for i in range(n):
+            stream = i % 2 == 1
+            req = {
+                "model": self._cfg.name,
+                "messages": [{"role": "user", "content": f"warm-up request {i}"}],
+                "max_tokens": 4,
+                "stream": stream,
+            }
+            async for item in self.generate(CHAT, req, f"warmup-{uuid.uuid4().hex}"):
+                if isinstance(item, Reply) and item.status != 200:
+                    raise RuntimeError(f"warm-up request failed: {item.status} {item.body}")
+
+    async def _submit(self, kind: str, request: Any, request_id: str) -> ServeResult:
+        if kind == CHAT:
+            return await self._engine.chat(request, request_id)
+        return await self._engine.completion(request, request_id)
+
+    # Grouping submissions with @serve.batch is measured, not assumed: see docs/architecture.md.
+    # Off by default (submit_batching.enabled); max_concurrent_batches is high so that a batch that
+    # holds non-streaming requests does not stall the next one.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002, max_concurrent_batches=1024)
+    async def _submit_batch(self, items: list[tuple[str, Any, str]]) -> list[ServeResult]:
+        return list(await asyncio.gather(*(self._submit(*item) for item in items)))
+
+    async def generate(self, kind: str, payload: dict, request_id: str) -> AsyncGenerator[Reply | str, None]:
+        """Serve one chat or completion request body: a `Reply` head, then (streaming) SSE strings."""
+        try:
+            request = validate_request(kind, payload)
+        except APIError as e:
+            yield Reply(status=e.status, body=error_body(e.status, e.message, e.param).model_dump_json())
+            return
+        if self._cfg.submit_batching.enabled:
+            result = await self._submit_batch((kind, request, request_id))
+        else:
+            result = await self._submit(kind, request, request_id)
+        if isinstance(result, ErrorResponse):
+            yield _error_reply(result)
+            return
+        if not hasattr(result, "__aiter__"):
+            yield Reply(status=200, body=result.model_dump_json())
+            return
+        # Streaming: cancelling this generator (client gone) closes vLLM's, which aborts the request.
+        stream: AsyncGenerator[str, None] = result
+        done = False
+        try:
+            first = await stream.__anext__()
+            err = _sse_error_reply(first)
+            if err is not None:
+                yield err
+                done = True
+                return
+            yield Reply(status=200, body=first, streaming=True)
+            async for chunk in stream:
+                yield chunk
+            done = True
+        finally:
+            await stream.aclose()
+            if not done:
+                await self._engine.abort(request, request_id)
+
+    async def model_card(self) -> dict:
+        return (await self._engine.model_card()).model_dump()
+
+    def engine_stats(self) -> dict:
+        """Load as the engine sees it; read by tests, benchmarks and (later) the autoscaler."""
+        load = self._engine.load()
+        return {
+            "running": load.running,
+            "waiting": load.waiting,
+            "unfinished": self._engine.num_unfinished_requests(),
+            "kv_cache_usage": load.kv_cache_usage,
+            "prefix_cache_queries": load.prefix_cache_queries,
+            "prefix_cache_hits": load.prefix_cache_hits,
+        }
+
+    def process_info(self) -> dict:
+        """This replica's PID and its engine's PIDs (tests check that engines die with replicas)."""
+        return {"pid": os.getpid(), "engine_pids": self._engine.engine_pids()}
+
+    async def check_health(self) -> None:
+        await self._engine.check_health()
+
+    def __del__(self):
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            self._engine = None
+            try:
+                engine.shutdown()
+            except Exception:  # the reaper still kills what is left
+                logger.exception("engine shutdown failed")
