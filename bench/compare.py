@@ -1,0 +1,165 @@
+"""Compare raygate with `vllm serve` on one workload, in one run, on the same model.
+
+    python -m bench.compare                       # 128 in / 64 out, concurrency 32, 400 prompts
+    python -m bench.compare --repeats 2 --variant tput=RAY_SERVE_THROUGHPUT_OPTIMIZED=1
+
+The client is `vllm bench serve` (openai-chat backend, streaming with usage, ignore_eos). Contenders
+run one at a time, in rounds (A B A B ...) so that the shared machine's drift hits both alike. It
+prints output tok/s and TTFT p50/p99 per contender and the ratio to `vllm serve`, and writes JSON
+with `vllm bench serve`'s own field names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import cpu_account
+from bench.servers import REPO, Raygate, Server, VLLMServe, model_spec_from_config
+
+FIELDS = [
+    "completed", "failed", "duration", "request_throughput", "output_throughput",
+    "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "median_itl_ms", "p99_itl_ms",
+    "median_e2el_ms", "p99_e2el_ms",
+]
+
+
+def run_vllm_bench(server: Server, model: str, tokenizer: str, args, result_file: Path) -> dict:
+    cmd = [
+        sys.executable, "-m", "bench.vllm_bench", "--backend", "openai-chat",
+        "--base-url", server.base_url, "--endpoint", "/v1/chat/completions",
+        "--model", model, "--tokenizer", tokenizer,
+        "--dataset-name", "random", "--random-input-len", str(args.input_len),
+        "--random-output-len", str(args.output_len), "--num-prompts", str(args.num_prompts),
+        "--max-concurrency", str(args.concurrency), "--ignore-eos", "--seed", str(args.seed),
+        "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
+        "--num-warmups", str(args.warmups), "--disable-tqdm",
+        "--save-result", "--result-dir", str(result_file.parent), "--result-filename", result_file.name,
+    ]
+    before, client0 = cpu_account.snapshot(), cpu_account.children_cpu_s()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    cpu = cpu_account.diff(before, cpu_account.snapshot())
+    cpu["benchmark client"] = cpu_account.children_cpu_s() - client0  # it has exited: count it from rusage
+    if proc.returncode != 0 or not result_file.exists():
+        raise RuntimeError(f"vllm bench serve failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    res = json.loads(result_file.read_text())
+    res["cpu_s_by_component"] = cpu
+    return res
+
+
+def cpu_line(run: dict, warmups: int) -> str:
+    n = (run["completed"] or 0) + warmups + 1
+    cpu = dict(sorted(run["cpu_s_by_component"].items(), key=lambda kv: -kv[1]))
+    parts = ", ".join(f"{g} {1000 * s / n:.1f}" for g, s in cpu.items() if s * 1000 / n >= 0.5)
+    return f"total {1000 * sum(cpu.values()) / n:.1f} = {parts}"
+
+
+def parse_variant(text: str) -> tuple[str, dict, dict, int | None]:
+    """LABEL=K=V,K=V: keys with a dot override the app's args (models.0.streaming.interval_ms),
+    `client_port` points the client elsewhere, other keys are environment variables of the cluster."""
+    label, _, assigns = text.partition("=")
+    env, overrides, client_port = {}, {}, None
+    for item in assigns.split(","):
+        if item:
+            k, _, v = item.partition("=")
+            if k == "client_port":
+                client_port = int(v)
+            elif "." in k:
+                overrides[k] = v
+            else:
+                env[k] = v
+    return label, env, overrides, client_port
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(REPO / "serve_config.yaml"))
+    ap.add_argument("--num-prompts", type=int, default=400)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--warmups", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1, help="rounds over all contenders")
+    ap.add_argument("--no-vllm", action="store_true", help="skip the vllm serve baseline")
+    ap.add_argument("--no-raygate", action="store_true", help="skip raygate with the default environment")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="extra raygate run: LABEL=K=V,... (env of the Ray cluster, or a dotted key of the app's "
+                         "args such as models.0.streaming.interval_ms, or client_port)")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "compare.json"))
+    args = ap.parse_args(argv)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logs = out.parent / "logs"
+    spec = model_spec_from_config(Path(args.config))
+
+    contenders: list[Server] = []
+    if not args.no_vllm:
+        contenders.append(VLLMServe(spec, args.port + 100, logs))
+    if not args.no_raygate:
+        contenders.append(Raygate(Path(args.config), args.port, logs))
+    for v in args.variant:
+        label, env, overrides, client_port = parse_variant(v)
+        contenders.append(Raygate(Path(args.config), args.port, logs, env=env, label=f"raygate[{label}]",
+                                  overrides=overrides, client_port=client_port))
+
+    runs: dict[str, list[dict]] = {c.name: [] for c in contenders}
+    for rnd in range(args.repeats):
+        for c in contenders:
+            print(f"[round {rnd + 1}/{args.repeats}] starting {c.name} ...", flush=True)
+            c.start()
+            try:
+                print(f"  ready after {c.ready_s:.0f} s; benchmarking", flush=True)
+                res = run_vllm_bench(c, spec.name, spec.path, args, logs / f"{c.name}-r{rnd}.json")
+            finally:
+                c.stop()
+            runs[c.name].append({k: res.get(k) for k in FIELDS} | {"cpu_s_by_component": res["cpu_s_by_component"]})
+            r = runs[c.name][-1]
+            print(f"  {r['output_throughput']:.0f} tok/s, TTFT p50 {r['median_ttft_ms']:.0f} ms, "
+                  f"failed {r['failed']}", flush=True)
+            print(f"  CPU ms/request: {cpu_line(r, args.warmups)}", flush=True)
+
+    summary = {}
+    for name, rs in runs.items():
+        summary[name] = {k: statistics.median([r[k] for r in rs]) for k in FIELDS if rs and rs[0].get(k) is not None}
+    base = summary.get("vllm-serve")
+    print()
+    print(f"workload: random {args.input_len} in / {args.output_len} out, concurrency {args.concurrency}, "
+          f"{args.num_prompts} prompts, ignore_eos, median of {args.repeats} round(s)")
+    hdr = f"{'contender':<28}{'out tok/s':>10}{'x vllm':>8}{'TTFT p50':>10}{'TTFT p99':>10}{'TPOT p50':>10}{'ITL p50':>9}{'failed':>8}"
+    print(hdr)
+    print("-" * len(hdr))
+    for name, s in summary.items():
+        ratio = s["output_throughput"] / base["output_throughput"] if base else float("nan")
+        print(f"{name:<28}{s['output_throughput']:>10.0f}{ratio:>8.2f}{s['median_ttft_ms']:>10.1f}"
+              f"{s['p99_ttft_ms']:>10.1f}{s['median_tpot_ms']:>10.1f}{s['median_itl_ms']:>9.1f}{s['failed']:>8.0f}")
+    if base:
+        for name, s in summary.items():
+            if name != "vllm-serve":
+                print(f"{name}: throughput {s['output_throughput'] / base['output_throughput']:.3f}x vllm serve, "
+                      f"TTFT p50 {s['median_ttft_ms'] - base['median_ttft_ms']:+.1f} ms")
+    print("\nCPU per request by component (ms; all requests incl. warm-ups; last round):")
+    for name, rs in runs.items():
+        print(f"  {name}: {cpu_line(rs[-1], args.warmups)}")
+    out.write_text(json.dumps({
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+        "workload": {"input_len": args.input_len, "output_len": args.output_len, "concurrency": args.concurrency,
+                     "num_prompts": args.num_prompts, "dataset": "random", "ignore_eos": True},
+        "model": {"name": spec.name, "path": spec.path, "engine_args": spec.engine_args},
+        "summary": summary, "runs": runs,
+    }, indent=2))
+    print(f"\nJSON: {out}")
+
+
+if __name__ == "__main__":
+    main()

