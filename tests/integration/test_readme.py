@@ -1,0 +1,44 @@
+"""The README's curl examples work against `serve run serve_config.yaml`, as written."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _curl_examples() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+    cmds = []
+    for block in blocks:
+        for cmd in re.split(r"\n\s*\n", block.strip()):
+            if cmd.strip().startswith("curl"):
+                cmds.append(cmd.replace("\\\n", " "))
+    return cmds
+
+
+def test_readme_has_the_three_commands():
+    text = README.read_text()
+    assert "./scripts/setup.sh" in text and "serve run serve_config.yaml" in text
+    assert ".venv/bin/python -m pytest -v tests" in text
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert ".venv/bin/python -m pytest -v tests" in ci  # CI runs the README's test command
+
+
+def test_readme_curl_examples(base_url):
+    cmds = _curl_examples()
+    assert len(cmds) == 2
+    port = base_url.rsplit(":", 1)[1]
+    chat = subprocess.run(cmds[0].replace("localhost:8000", f"127.0.0.1:{port}"), shell=True,
+                          capture_output=True, text=True, timeout=60)
+    body = json.loads(chat.stdout)
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"] is not None
+    stream = subprocess.run(cmds[1].replace("localhost:8000", f"127.0.0.1:{port}"), shell=True,
+                            capture_output=True, text=True, timeout=60)
+    events = [line[6:] for line in stream.stdout.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["usage"]["completion_tokens"] >= 1

@@ -1,0 +1,51 @@
+"""Client mistakes become APIError(400) naming the problem, before anything reaches an engine."""
+
+import pytest
+
+from deployments.errors import APIError
+from deployments.request_parsing import CHAT, COMPLETION, parse_json_object, validate_request
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def _err(fn, *a) -> APIError:
+    with pytest.raises(APIError) as e:
+        fn(*a)
+    return e.value
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"", "empty"), (b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"), (b"\xff\xfe", "not valid JSON"),
+])
+def test_bodies_that_are_not_json_objects(body, words):
+    e = _err(parse_json_object, body)
+    assert e.status == 400 and words in e.message
+
+
+def test_unknown_parameter_is_named():
+    e = _err(validate_request, CHAT, {"model": "m", "messages": MSG, "max_token": 5})
+    assert e.status == 400 and e.param == "max_token" and "Unrecognized request argument" in e.message
+
+
+@pytest.mark.parametrize("payload, param", [
+    ({"model": "m"}, "messages"),
+    ({"model": "m", "messages": []}, "messages"),
+    ({"model": "m", "messages": "hello"}, "messages"),
+    ({"model": "m", "messages": MSG, "temperature": "hot"}, "temperature"),
+    ({"model": "m", "messages": MSG, "n": "two"}, "n"),
+])
+def test_chat_shape_errors_name_the_field(payload, param):
+    e = _err(validate_request, CHAT, payload)
+    assert e.status == 400 and e.param is not None and e.param.startswith(param), (e.param, e.message)
+
+
+def test_completion_needs_a_prompt():
+    assert _err(validate_request, COMPLETION, {"model": "m"}).param == "prompt"
+    assert _err(validate_request, COMPLETION, {"model": "m", "prompt": ""}).status == 400
+
+
+def test_valid_requests_become_vllm_models():
+    chat = validate_request(CHAT, {"model": "m", "messages": MSG, "max_tokens": 3, "n": 2, "seed": 1})
+    assert chat.max_tokens == 3 and chat.n == 2 and chat.seed == 1
+    cmpl = validate_request(COMPLETION, {"model": "m", "prompt": "x", "stop": ["\n"]})
+    assert cmpl.prompt == "x" and cmpl.stop == ["\n"]
