@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncGenerator, Union
 
 import psutil
@@ -49,6 +49,8 @@ class EngineLoad:
     kv_cache_usage: float = 0.0
     prefix_cache_queries: int = 0  # tokens looked up in the prefix cache, cumulative
     prefix_cache_hits: int = 0  # tokens found there, cumulative
+    requests_started: int = 0  # requests that produced a first token, cumulative
+    requests_finished: int = 0  # cumulative
     updated_at: float = field(default_factory=time.monotonic)
 
 
@@ -61,9 +63,12 @@ class _LoadTracker(StatLoggerBase):
         _LoadTracker.current = EngineLoad()
 
     def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+        load = _LoadTracker.current
+        if iteration_stats is not None:
+            load.requests_started += len(iteration_stats.time_to_first_tokens_iter)
+            load.requests_finished += len(iteration_stats.finished_requests)
         if scheduler_stats is None:
             return
-        load = _LoadTracker.current
         load.running = scheduler_stats.num_running_reqs
         load.waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
         load.kv_cache_usage = scheduler_stats.kv_cache_usage
@@ -191,15 +196,8 @@ class LLMEngine:
         await self.engine.check_health()
 
     def load(self) -> EngineLoad:
-        load = _LoadTracker.current
-        return EngineLoad(
-            running=load.running,
-            waiting=load.waiting,
-            kv_cache_usage=load.kv_cache_usage,
-            prefix_cache_queries=load.prefix_cache_queries,
-            prefix_cache_hits=load.prefix_cache_hits,
-            updated_at=load.updated_at,
-        )
+        """A snapshot of the latest engine stats (the tracker keeps mutating its own copy)."""
+        return replace(_LoadTracker.current)
 
     def num_unfinished_requests(self) -> int:
         return self.engine.get_num_unfinished_requests()

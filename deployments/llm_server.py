@@ -85,9 +85,9 @@ class LLMServer:
         return await self._engine.completion(request, request_id)
 
     # Grouping submissions with @serve.batch is measured, not assumed: see docs/architecture.md.
-    # Off by default (submit_batching.enabled); max_concurrent_batches is high so that a batch that
-    # holds non-streaming requests does not stall the next one.
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002, max_concurrent_batches=1024)
+    # Sizes come from submit_batching; max_concurrent_batches is high so that a batch that holds
+    # non-streaming requests does not stall the next one.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=1024)
     async def _submit_batch(self, items: list[tuple[str, Any, str]]) -> list[ServeResult]:
         return list(await asyncio.gather(*(self._submit(*item) for item in items)))
 
@@ -98,10 +98,17 @@ class LLMServer:
         except APIError as e:
             yield Reply(status=e.status, body=error_body(e.status, e.message, e.param).model_dump_json())
             return
-        if self._cfg.submit_batching.enabled:
-            result = await self._submit_batch((kind, request, request_id))
-        else:
-            result = await self._submit(kind, request, request_id)
+        try:
+            if self._cfg.submit_batching.enabled:
+                result = await self._submit_batch((kind, request, request_id))
+            else:
+                result = await self._submit(kind, request, request_id)
+        except asyncio.CancelledError:
+            # The client left while a non-streaming request was generating. Unbatched, the
+            # cancellation reaches vLLM's generator; batched, the generation runs in the batch's own
+            # task, which a caller's cancellation does not reach: abort it by id.
+            await self._engine.abort(request, request_id)
+            raise
         if isinstance(result, ErrorResponse):
             yield _error_reply(result)
             return
@@ -140,6 +147,8 @@ class LLMServer:
             "kv_cache_usage": load.kv_cache_usage,
             "prefix_cache_queries": load.prefix_cache_queries,
             "prefix_cache_hits": load.prefix_cache_hits,
+            "requests_started": load.requests_started,
+            "requests_finished": load.requests_finished,
         }
 
     def process_info(self) -> dict:
