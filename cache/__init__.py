@@ -1,4 +1,6 @@
-"""The semantic cache (exact and meaning-level hits on Redis/Valkey); see docs/architecture.md.
+"""The semantic cache: exact and meaning-level hits on plain Redis/Valkey; see docs/architecture.md.
 
-Empty until the semantic-cache issue lands: every request goes to the model.
+keys.py decides what may answer what (scopes), guards.py rejects look-alikes, store.py is the Redis
+layout, vector_index.py/embedder.py/matching.py the meaning-level search, service.py the
+SemanticCache deployment, client.py the ingress's side (exact path, coalescing, write-back).
 """

@@ -1,6 +1,8 @@
 """The application builder that serve_config.yaml's `import_path` names.
 
-Graph: HTTP -> Ingress (FastAPI) -> one LLM deployment per configured model (vLLM replicas).
+Graph: HTTP -> Ingress (FastAPI, exact-match cache path) -> SemanticCache (embeddings, vector index)
+-> one LLM deployment per configured model (vLLM replicas); CacheRedis (embedded Valkey) when no
+Redis URL is configured.
 Everything a deployment needs is in the validated `AppConfig`; per-deployment Serve options come
 from the same file, so one YAML describes the whole application.
 """
@@ -12,6 +14,9 @@ import re
 from ray import serve
 from ray.serve import Application
 
+from cache.config import CacheConfig
+from cache.embedded_redis import EmbeddedRedis
+from cache.service import SemanticCache
 from deployments.config import AppConfig, ModelConfig
 from deployments.ingress import Ingress
 from deployments.llm_server import LLMServer
@@ -45,7 +50,26 @@ def build_llm_deployment(cfg: ModelConfig) -> Application:
     return serve.deployment(LLMServer).options(name=llm_deployment_name(cfg.name), **options).bind(cfg)
 
 
+def build_cache_deployments(cfg: CacheConfig) -> tuple[Application, Application | None]:
+    """The SemanticCache deployment, and the embedded Valkey when no Redis URL is configured."""
+    redis = None
+    if not cfg.redis_url:
+        redis = serve.deployment(EmbeddedRedis).options(
+            name="CacheRedis", num_replicas=1, ray_actor_options={"num_cpus": 0.1},
+            health_check_period_s=2, health_check_timeout_s=10,
+        ).bind(cfg.embedded)
+    options = cfg.deployment.as_options()
+    options.setdefault("ray_actor_options", {"num_cpus": 0.25})
+    options.setdefault("max_ongoing_requests", 256)
+    if "num_replicas" not in options and "autoscaling_config" not in options:
+        # Scales on its own load: ongoing lookups per replica.
+        options["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32}
+    cache = serve.deployment(SemanticCache).options(name="SemanticCache", **options).bind(cfg, redis)
+    return cache, redis
+
+
 def build_app(args: AppConfig) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
     llm = {m.name: build_llm_deployment(m) for m in config.models}
-    return Ingress.options(**config.ingress.deployment.as_options()).bind(config, llm)
+    cache, redis = build_cache_deployments(config.cache) if config.cache.enabled else (None, None)
+    return Ingress.options(**config.ingress.deployment.as_options()).bind(config, llm, cache, redis)

@@ -9,9 +9,10 @@ answers with a head first (status and body, or the first SSE chunk), then SSE ch
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
-from typing import AsyncGenerator, Optional
+from typing import AsyncGenerator, Iterable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +22,10 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from cache.client import CacheHit, CacheMiss, IngressCache
+from cache.config import parse_request_options
+from cache.keys import CachePlan, plan as cache_plan
+from cache.responses import StreamCollector, as_response, as_sse, storable
 from deployments.config import AppConfig, ModelConfig
 from deployments.errors import APIError, api_error_response, error_body, error_response
 from deployments.llm_server import Reply
@@ -36,6 +41,10 @@ app = FastAPI(
 
 # Retry hint for 503s caused by missing capacity (no replica yet, or all queues full).
 _RETRY_AFTER_S = 1.0
+# Until API keys land (the security issue), every request belongs to one tenant.
+_TENANT = "anonymous"
+CACHE_HEADER = "x-raygate-cache"
+SIMILARITY_HEADER = "x-raygate-cache-similarity"
 
 
 @app.exception_handler(APIError)
@@ -63,6 +72,15 @@ def _sse_error(status: int, message: str) -> str:
     return f"data: {error_body(status, message).model_dump_json()}\n\ndata: [DONE]\n\n"
 
 
+def _label(miss: CacheMiss) -> str:
+    return "bypass" if miss.bypass else "miss"
+
+
+async def _iterate(items: Iterable[str]) -> AsyncGenerator[str, None]:
+    for item in items:
+        yield item
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """Read the body, refusing with 413 as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length")
@@ -80,7 +98,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1024)
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, config: AppConfig, llm_handles: dict[str, DeploymentHandle]):
+    def __init__(self, config: AppConfig, llm_handles: dict[str, DeploymentHandle],
+                 cache_handle: Optional[DeploymentHandle] = None, redis_handle: Optional[DeploymentHandle] = None):
         self._config = config
         self._models: dict[str, ModelConfig] = {m.name: m for m in config.models}
         self._default_model = config.models[0].name
@@ -88,6 +107,7 @@ class Ingress:
         self._streams = {name: h.options(stream=True, _by_reference=by_ref) for name, h in llm_handles.items()}
         self._calls = {name: h.options(stream=False) for name, h in llm_handles.items()}
         self._cards: dict[str, dict] = {}
+        self._cache = IngressCache(config.cache, cache_handle, redis_handle) if cache_handle is not None else None
 
     # ---- OpenAI endpoints -------------------------------------------------------------------
 
@@ -132,10 +152,57 @@ class Ingress:
         if model not in self._streams:
             raise APIError(404, f"The model `{model}` does not exist.", param="model")
         check_request(kind, payload)
+        options = parse_request_options(payload.pop("cache", None))
         # Serve's RequestIdMiddleware puts the client's x-request-id (or a fresh one) in the request
         # headers and echoes it on the response; the engine request uses the same id.
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        if self._cache is None:
+            return await self._generate(kind, model, payload, request_id)
 
+        plan = cache_plan(kind, payload, options, self._config.cache, _TENANT)
+        if not (plan.read or plan.write):
+            return await self._generate(kind, model, payload, request_id, headers={CACHE_HEADER: "off"})
+        miss = CacheMiss()
+        if plan.read:
+            found = await self._cache.lookup(plan)
+            if isinstance(found, CacheHit):
+                return self._cached(kind, payload, found)
+            miss = found
+        if not plan.write:
+            return await self._generate(kind, model, payload, request_id, headers={CACHE_HEADER: _label(miss)})
+        leader = self._cache.lead_or_follow(plan)
+        if leader is not None:
+            hit = await self._cache.follow(leader, timeout_s=300.0)
+            if hit is not None:
+                return self._cached(kind, payload, hit)
+            return await self._generate(kind, model, payload, request_id, headers={CACHE_HEADER: _label(miss)})
+        try:
+            return await self._generate(kind, model, payload, request_id, headers={CACHE_HEADER: _label(miss)},
+                                        capture=(plan, miss))
+        except BaseException:
+            self._cache.finish(plan, None)
+            raise
+
+    def _cached(self, kind: str, payload: dict, hit: CacheHit) -> Response:
+        headers = {CACHE_HEADER: "coalesced" if hit.kind == "coalesced" else f"hit-{hit.kind}"}
+        if hit.kind == "semantic":
+            headers[SIMILARITY_HEADER] = f"{hit.similarity:.4f}"
+        if payload.get("stream"):
+            usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(_iterate(as_sse(kind, hit.body, usage)), media_type="text/event-stream",
+                                     headers=headers)
+        return JSONResponse(as_response(kind, hit.body), headers=headers)
+
+    async def _generate(self, kind: str, model: str, payload: dict, request_id: str,
+                        headers: Optional[dict[str, str]] = None,
+                        capture: Optional[tuple[CachePlan, CacheMiss]] = None) -> Response:
+        """Send the request to the model; with `capture`, store the finished answer in the cache."""
+        strip_usage = False
+        if capture is not None and payload.get("stream"):
+            # Ask for usage so the stored entry has it; the client gets it only if it asked.
+            stream_options = dict(payload.get("stream_options") or {})
+            strip_usage = not stream_options.get("include_usage")
+            payload["stream_options"] = {**stream_options, "include_usage": True}
         stream: DeploymentResponseGenerator = self._streams[model].generate.remote(kind, payload, request_id)
         try:
             head: Reply = await stream.__anext__()
@@ -145,15 +212,38 @@ class Ingress:
                 raise
             raise self._unavailable(model, e) from None
         if not head.streaming:
-            return Response(head.body, status_code=head.status, media_type="application/json")
-        return StreamingResponse(self._relay(head.body, stream), media_type="text/event-stream")
+            if capture is not None:
+                body = json.loads(head.body) if head.status == 200 else None
+                self._store(capture, body if body is not None and storable(body) else None)
+            return Response(head.body, status_code=head.status, media_type="application/json", headers=headers)
+        tap = None
+        if capture is not None:
+            tap = (StreamCollector(kind), strip_usage, capture)
+        return StreamingResponse(self._relay(head.body, stream, tap), media_type="text/event-stream", headers=headers)
 
-    async def _relay(self, first: str, stream: DeploymentResponseGenerator) -> AsyncGenerator[str, None]:
-        """Relay SSE chunks; a replica lost mid-stream ends the stream with an SSE error event."""
+    def _store(self, capture: tuple[CachePlan, CacheMiss], body: Optional[dict]) -> None:
+        plan, miss = capture
+        if body is not None:
+            self._cache.write_back(plan, body, miss)
+        self._cache.finish(plan, body)
+
+    async def _relay(self, first: str, stream: DeploymentResponseGenerator,
+                     tap: Optional[tuple[StreamCollector, bool, tuple[CachePlan, CacheMiss]]] = None,
+                     ) -> AsyncGenerator[str, None]:
+        """Relay SSE chunks; a replica lost mid-stream ends the stream with an SSE error event.
+
+        With a `tap`, the chunks are also folded into a response body that is cached once the
+        stream has ended cleanly (never when it was cancelled or failed)."""
         try:
-            yield first
-            async for chunk in stream:
-                yield chunk
+            chunk = first
+            while True:
+                if tap is not None:
+                    chunk = tap[0].feed(chunk, strip_usage=tap[1])
+                if chunk:
+                    yield chunk
+                chunk = await stream.__anext__()
+        except StopAsyncIteration:
+            pass
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as e:
@@ -161,6 +251,8 @@ class Ingress:
             yield _sse_error(503, f"The stream was interrupted: {type(e).__name__}. Retry the request.")
         finally:
             stream.cancel()  # no-op when finished; aborts the engine request when the client left
+            if tap is not None:
+                self._store(tap[2], tap[0].result())
 
     def _unavailable(self, model: str, e: BaseException) -> APIError:
         if isinstance(e, BackPressureError):
@@ -190,6 +282,21 @@ class Ingress:
                 "max_model_len": cfg.engine_args.max_model_len,
                 "permission": [],
             }
+
+    # ---- cache administration ----------------------------------------------------------------
+
+    @app.get("/admin/cache/stats")
+    async def cache_stats(self) -> JSONResponse:
+        if self._cache is None:
+            raise APIError(404, "The cache is disabled in this deployment.")
+        return JSONResponse(await self._cache.stats())
+
+    @app.post("/admin/cache/flush")
+    async def cache_flush(self) -> JSONResponse:
+        """Delete every entry of this app's namespace, in Redis and in every replica's index."""
+        if self._cache is None:
+            raise APIError(404, "The cache is disabled in this deployment.")
+        return JSONResponse({"namespace": self._config.cache.namespace, "removed_keys": await self._cache.flush()})
 
     async def _model_health(self, name: str) -> Optional[str]:
         await asyncio.wait_for(self._calls[name].check_health.remote(), timeout=5)

@@ -23,8 +23,9 @@ COMPLETION = "completion"
 OpenAIRequest = Union[ChatCompletionRequest, CompletionRequest]
 
 _MODELS = {CHAT: ChatCompletionRequest, COMPLETION: CompletionRequest}
-# Extension fields that raygate's own layers read (cache, admission) are added here by those layers.
-EXTENSION_FIELDS: set[str] = set()
+# raygate's own request fields, read and removed by the ingress before the body reaches vLLM:
+# `cache` (cache/config.py: RequestCacheOptions).
+EXTENSION_FIELDS: frozenset[str] = frozenset({"cache"})
 
 
 def allowed_fields(kind: str) -> set[str]:

@@ -1,8 +1,8 @@
 """One raygate server, started the way users start it, shared by every integration test.
 
-`serve run serve_config.yaml` (the repo's own file, with only the HTTP port moved to a free one)
-starts a local Ray cluster, Serve with HAProxy, the ingress and the LLM deployment on the demo
-model with real vLLM on CPU. The test process attaches to that cluster as a second driver for
+`serve run serve_config.yaml` (the repo's own file, with the HTTP and cache ports moved to free ones
+and two semantic-cache replicas) starts a local Ray cluster, Serve with HAProxy, the ingress, the
+cache (embedded Valkey, SemanticCache) and the LLM deployment on the demo model with real vLLM on CPU. The test process attaches to that cluster as a second driver for
 DeploymentHandles that read engine state. Teardown stops the server gracefully and fails if a
 vLLM engine or HAProxy process outlived it.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.servers import Raygate, haproxy_processes, vllm_processes
+from bench.servers import Raygate, haproxy_processes, valkey_processes, vllm_processes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,12 @@ def app_config() -> dict:
 def server():
     assert not vllm_processes(), "an engine from an earlier run is still alive"
     assert not haproxy_processes(), "an HAProxy from an earlier run is still alive"
-    srv = Raygate(REPO / "serve_config.yaml", _free_port(), Path(tempfile.mkdtemp(prefix="raygate-test-")))
+    assert not valkey_processes(), "a cache server from an earlier run is still alive"
+    # Two SemanticCache replicas, so that tests can see entries cross from one to the other.
+    overrides = {"cache.embedded.port": _free_port(), "cache.deployment.num_replicas": 2,
+                 "cache.deployment.autoscaling_config": None}
+    srv = Raygate(REPO / "serve_config.yaml", _free_port(), Path(tempfile.mkdtemp(prefix="raygate-test-")),
+                  overrides=overrides)
     srv.start(timeout_s=600)
     yield srv
     import ray
@@ -45,6 +50,7 @@ def server():
     ray.shutdown()
     left = srv.stop()
     assert not left, f"processes outlived a graceful `serve run` shutdown: {left}"
+
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +81,20 @@ def llm_handle(ray_context, model_name):
     from deployments.app import llm_deployment_name
 
     return serve.get_deployment_handle(llm_deployment_name(model_name), app_name="raygate")
+
+
+@pytest.fixture(scope="session")
+def cache_handle(ray_context):
+    from ray import serve
+
+    return serve.get_deployment_handle("SemanticCache", app_name="raygate")
+
+
+@pytest.fixture(scope="session")
+def redis_handle(ray_context):
+    from ray import serve
+
+    return serve.get_deployment_handle("CacheRedis", app_name="raygate")
 
 
 @pytest.fixture

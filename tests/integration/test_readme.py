@@ -3,6 +3,7 @@
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def test_readme_has_the_three_commands():
 
 def test_readme_curl_examples(base_url):
     cmds = _curl_examples()
-    assert len(cmds) == 2
+    assert len(cmds) == 3
     port = base_url.rsplit(":", 1)[1]
     chat = subprocess.run(cmds[0].replace("localhost:8000", f"127.0.0.1:{port}"), shell=True,
                           capture_output=True, text=True, timeout=60)
@@ -42,3 +43,14 @@ def test_readme_curl_examples(base_url):
     events = [line[6:] for line in stream.stdout.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     assert json.loads(events[-2])["usage"]["completion_tokens"] >= 1
+    # The cache example: the second run of the same request is an exact hit.
+    cache = cmds[2].replace("localhost:8000", f"127.0.0.1:{port}")
+    first = subprocess.run(cache, shell=True, capture_output=True, text=True, timeout=60).stdout.lower()
+    assert first.startswith("x-raygate-cache: ")
+    deadline = time.monotonic() + 10
+    while True:  # the write-back runs after the first response
+        again = subprocess.run(cache, shell=True, capture_output=True, text=True, timeout=60).stdout.lower()
+        if "hit-exact" in again or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert again.strip() == "x-raygate-cache: hit-exact"

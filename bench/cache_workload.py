@@ -1,0 +1,149 @@
+"""Does the cache pay off on repeat-heavy traffic? raygate with the cache against raygate without it.
+
+    python -m bench.cache_workload                    # 600 requests, concurrency 16
+
+The workload comes from a dataset in dev.jsonl's schema: 50% unique prompts (anchors and hard
+negatives, each sent once), 30% exact repeats of a prompt already sent, 20% paraphrases of an anchor
+already sent; chat, temperature 0, 64 output tokens (ignore_eos). The same sequence is sent, with the
+official `openai` client at a fixed concurrency, to raygate with `cache.enabled: true` and then to
+raygate with `cache.enabled: false`, each started with `serve run` on serve_config.yaml. It prints
+request throughput, latency p50/p99 and the cache's answer per request (from the
+`x-raygate-cache` header), their ratio, and writes JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import random
+import socket
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from bench.servers import REPO, Raygate
+
+DATASET = REPO.parent / "shared" / "semcache" / "dev.jsonl"
+
+
+def build_workload(path: Path, n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """(kind, prompt) pairs: kind is unique, repeat or paraphrase."""
+    rng = random.Random(seed)
+    groups = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rng.shuffle(groups)
+    fresh = [(g["anchor"], g) for g in groups] + [(neg["text"], None) for g in groups for neg in g["hard_negatives"]]
+    sent: list[str] = []
+    sent_anchors: list[dict] = []
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.3 and sent:
+            kind, prompt = "repeat", rng.choice(sent)
+        elif r < 0.5 and sent_anchors:
+            kind, prompt = "paraphrase", rng.choice(rng.choice(sent_anchors)["paraphrases"])
+        else:
+            text, group = fresh.pop(0)
+            kind, prompt = "unique", text
+            sent.append(text)
+            if group is not None:
+                sent_anchors.append(group)
+        out.append((kind, prompt))
+    return out
+
+
+async def drive(base_url: str, model: str, workload: list[tuple[str, str]], concurrency: int,
+                max_tokens: int) -> dict:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    queue = list(enumerate(workload))
+    latencies: list[float] = [0.0] * len(workload)
+    answers: list[str] = [""] * len(workload)
+    errors = 0
+
+    async def worker():
+        nonlocal errors
+        while queue:
+            i, (_, prompt) = queue.pop(0)
+            t0 = time.perf_counter()
+            try:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model=model, messages=[{"role": "user", "content": prompt}], temperature=0,
+                    max_tokens=max_tokens, extra_body={"ignore_eos": True})
+                raw.parse()
+                answers[i] = raw.headers.get("x-raygate-cache", "none")
+            except Exception:
+                errors += 1
+                answers[i] = "error"
+            latencies[i] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    await client.close()
+    lat = np.asarray(latencies) * 1000
+    by_kind: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for (kind, _), answer in zip(workload, answers):
+        by_kind[kind][answer] += 1
+    return {"requests": len(workload), "errors": errors, "duration_s": elapsed,
+            "request_throughput": len(workload) / elapsed,
+            "p50_e2el_ms": float(np.percentile(lat, 50)), "p99_e2el_ms": float(np.percentile(lat, 99)),
+            "cache_answers": {k: dict(v) for k, v in by_kind.items()}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", type=Path, default=DATASET)
+    p.add_argument("--config", type=Path, default=REPO / "serve_config.yaml")
+    p.add_argument("--requests", type=int, default=600)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cache_workload.json")
+    args = p.parse_args(argv)
+    workload = build_workload(args.dataset, args.requests)
+    mix = collections.Counter(kind for kind, _ in workload)
+    print(f"workload: {dict(mix)}, concurrency {args.concurrency}, {args.max_tokens} output tokens")
+    results = {"workload": dict(mix), "concurrency": args.concurrency, "max_tokens": args.max_tokens}
+    log_dir = REPO / "bench" / "results" / "logs"
+    for label, enabled in (("cache_on", True), ("cache_off", False)):
+        port = _free_port()
+        srv = Raygate(args.config, port, log_dir, label=f"raygate-{label}",
+                      overrides={"cache.enabled": enabled, "cache.embedded.port": _free_port()})
+        print(f"starting raygate ({label}) ...", flush=True)
+        srv.start()
+        try:
+            from deployments.config import AppConfig
+            import yaml
+
+            model = AppConfig.model_validate(yaml.safe_load(args.config.read_text())["applications"][0]["args"]).models[0].name
+            results[label] = asyncio.run(drive(srv.base_url, model, workload, args.concurrency, args.max_tokens))
+        finally:
+            srv.stop()
+        r = results[label]
+        print(f"  {r['request_throughput']:.2f} req/s, p50 {r['p50_e2el_ms']:.0f} ms, p99 {r['p99_e2el_ms']:.0f} ms, "
+              f"errors {r['errors']}, answers {r['cache_answers']}", flush=True)
+    on, off = results["cache_on"], results["cache_off"]
+    results["throughput_ratio"] = on["request_throughput"] / off["request_throughput"]
+    print(f"\n{'':<12}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for label in ("cache_on", "cache_off"):
+        r = results[label]
+        print(f"{label:<12}{r['request_throughput']:>8.2f}{r['p50_e2el_ms']:>9.0f}{r['p99_e2el_ms']:>9.0f}{r['errors']:>8}")
+    print(f"throughput with the cache / without: {results['throughput_ratio']:.2f}x")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""A semantic match: the nearest entries of the request's scope, filtered by the detail guards.
+
+Shared by the SemanticCache deployment and the evaluation command (bench/cache_eval.py), so the
+figures the evaluation prints are those of the code that serves requests.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from cache.guards import mismatch
+from cache.vector_index import Neighbour, VectorIndex
+
+# Neighbours above the threshold examined per lookup: a rejected nearest one may hide a valid second.
+CANDIDATES = 4
+
+
+def guarded_neighbours(index: VectorIndex, scope: str, query: str, vector: np.ndarray, threshold: float,
+                       on_reject: Optional[Callable[[str], None]] = None) -> Iterator[Neighbour]:
+    """Entries that may answer `query`, best first: similar enough, and every detail agreeing."""
+    for n in index.search(scope, vector, threshold, k=CANDIDATES):
+        reason = mismatch(query, n.query)
+        if reason is None:
+            yield n
+        elif on_reject is not None:
+            on_reject(reason)

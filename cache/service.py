@@ -1,0 +1,177 @@
+"""The SemanticCache deployment: embeddings, the vector index and the detail guards, on CPU replicas.
+
+Why its own deployment: embedding is the expensive part of a lookup (a MiniLM forward pass), it
+batches well across concurrent requests (`@serve.batch`), and it scales with cache traffic, not with
+GPUs. The ingress does the cheap exact-match lookup in Redis itself and calls this deployment only
+for meaning-level matches and write-backs.
+
+Each replica keeps the whole index in memory, rebuilt from Redis at start and kept in step by
+tailing the store's stream (cache/store.py); a Redis outage only makes lookups miss, and the next
+successful read rebuilds the index from what Redis then holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Optional
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from cache import metrics
+from cache.config import CacheConfig
+from cache.embedder import Embedder
+from cache.matching import guarded_neighbours
+from cache.store import CacheStore, IndexRecord, StoreUnavailable
+from cache.vector_index import VectorIndex
+
+logger = logging.getLogger("ray.serve")
+
+_TAIL_BLOCK_MS = 500
+_RETRY_S = 0.5
+_SWEEP_EVERY_S = 30.0
+
+
+def _count_rejection(reason: str) -> None:
+    metrics.GUARD_REJECTIONS.inc(tags={"reason": reason})
+
+
+async def resolve_redis_url(config: CacheConfig, embedded: Optional[DeploymentHandle]) -> str:
+    if config.redis_url:
+        return config.redis_url
+    if embedded is None:
+        raise ValueError("cache.redis_url is not set and no embedded Redis deployment was given")
+    return await embedded.url.remote()
+
+
+class SemanticCache:
+    async def __init__(self, config: CacheConfig, embedded_redis: Optional[DeploymentHandle] = None):
+        self._config = config
+        self._replica = serve.get_replica_context().replica_id.unique_id
+        self._store = CacheStore(await resolve_redis_url(config, embedded_redis), config.namespace,
+                                 config.redis_timeout_s, config.max_entries)
+        self._embedder = Embedder(config.embedder.model_path, threads=1)
+        self._index = VectorIndex(self._embedder.dim, config.max_entries)
+        self._embed_batch.set_max_batch_size(config.embedder.max_batch_size)
+        self._embed_batch.set_batch_wait_timeout_s(config.embedder.batch_wait_timeout_s)
+        self._ready = asyncio.Event()
+        self._follower = asyncio.create_task(self._follow())
+        self._embedder.encode(["warm-up"])
+
+    # ---- embeddings --------------------------------------------------------------------------
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.003)
+    async def _embed_batch(self, texts: list[str]) -> list[np.ndarray]:
+        metrics.EMBED_BATCH_SIZE.observe(len(texts))
+        return list(self._embedder.encode(texts))
+
+    async def embed(self, text: str) -> np.ndarray:
+        """One text's embedding, batched with concurrent callers."""
+        return await self._embed_batch(text)
+
+    async def embed_unbatched(self, text: str) -> np.ndarray:
+        """The same without @serve.batch: the baseline of bench/cache_lookup.py."""
+        return self._embedder.encode([text])[0]
+
+    # ---- lookups and writes ------------------------------------------------------------------
+
+    async def lookup(self, scope: str, query: str, threshold: float) -> dict:
+        """The best guarded neighbour's response, or a miss that carries the query's embedding.
+
+        Returns {"hit": bool, "key", "similarity", "response" (bytes), "embedding" (bytes),
+        "bypass": bool (Redis did not answer), "replica": this replica's id}."""
+        start = time.perf_counter()
+        vector = await self._embed_batch(query)
+        result = {"hit": False, "bypass": False, "embedding": vector.tobytes(), "replica": self._replica}
+        try:
+            for n in guarded_neighbours(self._index, scope, query, vector, threshold, _count_rejection):
+                response = await self._store.get_response(n.key)
+                if response is None:  # expired or evicted in Redis: forget it here too
+                    self._index.remove(scope, n.key)
+                    continue
+                result.update(hit=True, key=n.key, similarity=n.similarity, response=response)
+                break
+        except StoreUnavailable as e:
+            logger.warning("semantic lookup bypassed: %s", e)
+            result["bypass"] = True
+        metrics.LOOKUP_SECONDS.observe(time.perf_counter() - start)
+        return result
+
+    async def store(self, exact_key: str, scope: str, query: Optional[str], embedding: Optional[bytes],
+                    response: bytes, ttl_s: int) -> bool:
+        """Write an entry (embedding the query if the caller has no embedding); False if Redis failed."""
+        vector = None
+        if query:
+            vector = np.frombuffer(embedding, dtype=np.float32) if embedding else await self._embed_batch(query)
+        try:
+            await self._store.put(exact_key, scope, query, vector, response, ttl_s)
+        except StoreUnavailable as e:
+            logger.warning("cache write dropped: %s", e)
+            return False
+        if vector is not None:  # searchable here at once; other replicas learn it from the stream
+            self._index.add(IndexRecord(exact_key, scope, query, vector, time.time() + ttl_s))
+        return True
+
+    async def flush(self) -> int:
+        removed = await self._store.flush()
+        self._index.clear()
+        return removed
+
+    async def stats(self) -> dict:
+        try:
+            stored = await self._store.count()
+        except StoreUnavailable:
+            stored = None
+        return {"index_entries": len(self._index), "redis_entries": stored, "synced": self._ready.is_set(),
+                "namespace": self._config.namespace}
+
+    async def wait_synced(self, timeout_s: float = 30.0) -> bool:
+        await asyncio.wait_for(self._ready.wait(), timeout_s)
+        return True
+
+    # ---- keeping the index in step with Redis ------------------------------------------------
+
+    async def _rebuild(self) -> str:
+        last_id = await self._store.last_log_id()
+        self._index.clear()
+        async for rec in self._store.scan_entries():
+            self._index.add(rec)
+        metrics.ENTRIES.set(len(self._index))
+        logger.info("cache index rebuilt from Redis: %d entries", len(self._index))
+        return last_id
+
+    async def _follow(self) -> None:
+        last_id: Optional[str] = None
+        last_sweep = time.monotonic()
+        while True:
+            try:
+                if last_id is None:
+                    last_id = await self._rebuild()
+                    self._ready.set()
+                for event_id, rec in await self._store.read_log(last_id, _TAIL_BLOCK_MS):
+                    last_id = event_id
+                    if rec is None:
+                        self._index.clear()
+                    else:
+                        self._index.add(rec)
+                if time.monotonic() - last_sweep > _SWEEP_EVERY_S:
+                    self._index.sweep()
+                    last_sweep = time.monotonic()
+                metrics.ENTRIES.set(len(self._index))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # Redis gone: keep trying; rebuild from what it holds when back
+                logger.warning("cache index follower: %r; retrying", e)
+                last_id = None
+                await asyncio.sleep(_RETRY_S)
+
+    async def check_health(self) -> None:
+        if self._follower.done():
+            raise RuntimeError(f"index follower stopped: {self._follower.exception()!r}")
+
+    async def __del__(self):
+        self._follower.cancel()
+        await self._store.close()
