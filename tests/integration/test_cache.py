@@ -120,11 +120,11 @@ def test_a_paraphrase_hits_and_a_look_alike_misses(base_url, model_name, llm_han
     assert other_scope.headers["x-raygate-cache"] == "miss"
 
 
-def test_entries_written_through_one_replica_are_found_through_the_other_within_a_second(
+def test_entries_are_found_through_every_replica_within_a_second(
         base_url, model_name, cache_handle, wait_stored):
     body = _chat(model_name, REVERSE, f"replicas {uuid.uuid4().hex}")
     assert _post(base_url, body).headers["x-raygate-cache"] == "miss"
-    wait_stored(body)  # written through one replica (the ingress's write-back)
+    wait_stored(body)  # written by the ingress's write-back; each replica learns it from the stream
     time.sleep(1.0)
     scope = _plan(body).scope
     seen: dict[str, list[bool]] = {}
@@ -134,6 +134,18 @@ def test_entries_written_through_one_replica_are_found_through_the_other_within_
         seen.setdefault(r["replica"], []).append(r["hit"])
     assert len(seen) == 2, f"lookups reached only {list(seen)}"
     assert all(all(hits) for hits in seen.values()), f"not visible on every replica 1 s after the write: {seen}"
+
+    # Written through one replica (which embeds it): found through the other within a second.
+    other = _chat(model_name, REVERSE, f"replicas {uuid.uuid4().hex}")
+    p = _plan(other)
+    assert cache_handle.store.remote(p.exact_key, p.scope, p.query, None, b'{"stored": true}', 60).result()
+    time.sleep(1.0)
+    seen = {}
+    deadline = time.monotonic() + 20
+    while len(seen) < 2 and time.monotonic() < deadline:
+        r = cache_handle.lookup.remote(p.scope, "What's the way to reverse a Python list?", 0.8).result()
+        seen.setdefault(r["replica"], []).append(r["hit"] and r["response"] == b'{"stored": true}')
+    assert len(seen) == 2 and all(all(hits) for hits in seen.values()), seen
 
 
 def test_ttl_expiry(base_url, model_name, wait_stored):
