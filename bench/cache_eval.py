@@ -33,6 +33,7 @@ from typing import Optional
 
 import numpy as np
 
+from bench.report import write_json
 from cache.config import CacheConfig, RequestCacheOptions
 from cache.embedder import Embedder
 from cache.keys import plan
@@ -201,9 +202,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     for kind, v in results["raygate"]["false_hits_by_kind"].items():
         b = results["cosine_0.80"]["false_hits_by_kind"][kind]
         print(f"  {kind:<24}{v['hits']:>4}/{v['of']:<5}| {b['hits']:>4}/{b['of']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_json(args.out, results)
     return results
 
 

@@ -24,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 
+from bench.report import write_json
 from cache.config import CacheConfig
 from cache.embedder import Embedder
 from cache.matching import guarded_neighbours
@@ -148,9 +149,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         print(f"embedding through Serve at concurrency {e['concurrency']}: "
               f"@serve.batch {e['batched_texts_per_s']:.0f} texts/s, unbatched {e['unbatched_texts_per_s']:.0f} "
               f"texts/s, ratio {e['ratio']:.2f}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
     return result
 
 

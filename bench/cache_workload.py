@@ -18,7 +18,6 @@ import asyncio
 import collections
 import json
 import random
-import socket
 import time
 from pathlib import Path
 from typing import Optional
@@ -27,7 +26,8 @@ import numpy as np
 import psutil
 
 from bench import cpu_account
-from bench.servers import REPO, Raygate
+from bench.report import write_json
+from bench.servers import REPO, Raygate, free_port
 
 DATASET = REPO.parent / "shared" / "semcache" / "dev.jsonl"
 
@@ -101,12 +101,6 @@ async def drive(base_url: str, model: str, workload: list[tuple[str, str]], conc
             "cache_answers": {k: dict(v) for k, v in by_kind.items()}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv: Optional[list[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", type=Path, default=DATASET)
@@ -125,10 +119,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
                "overrides": args.set}
     log_dir = REPO / "bench" / "results" / "logs"
     for label, enabled in (("cache_on", True), ("cache_off", False)):
-        port = _free_port()
+        port = free_port()
         srv = Raygate(args.config, port, log_dir, label=f"raygate-{label}",
                       overrides={**dict(kv.split("=", 1) for kv in args.set),
-                                 "cache.enabled": enabled, "cache.embedded.port": _free_port()})
+                                 "cache.enabled": enabled, "cache.embedded.port": free_port()})
         print(f"starting raygate ({label}) ...", flush=True)
         srv.start()
         try:
@@ -157,9 +151,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         r = results[label]
         print(f"{label:<12}{r['request_throughput']:>8.2f}{r['p50_e2el_ms']:>9.0f}{r['p99_e2el_ms']:>9.0f}{r['errors']:>8}")
     print(f"throughput with the cache / without: {results['throughput_ratio']:.2f}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_json(args.out, results)
     return results
 
 

