@@ -45,8 +45,8 @@ async def test_first_output_is_not_held_and_middle_ones_merge():
 
 async def test_finish_is_sent_at_once_not_after_the_interval():
     steps = [(0.0, _out(1)), (0.01, _out(2)), (0.01, _out(3, finished=True))]
-    got = await _collect(coalesce_outputs(_scripted(steps, []), interval_s=1.0, max_tokens=1000))
-    assert got[-1][2] and got[-1][0] < 0.2  # not held for the 1 s interval
+    got = await _collect(coalesce_outputs(_scripted(steps, []), interval_s=10.0, max_tokens=1000))
+    assert got[-1][2] and got[-1][0] < 2.0  # not held for the 10 s interval (margin for a loaded CI host)
     assert [t for _, toks, _ in got for t in toks] == [1, 2, 3]
 
 
@@ -55,7 +55,7 @@ async def test_count_limit_flushes_before_the_interval():
     got = await _collect(coalesce_outputs(_scripted(steps, []), interval_s=10.0, max_tokens=4))
     sizes = [len(toks) for _, toks, _ in got]
     assert sizes[0] == 1 and max(sizes[1:-1]) <= 4 and sum(sizes) == 10
-    assert got[1][0] < 0.3  # the full chunk did not wait for the 10 s interval
+    assert got[1][0] < 2.0  # the full chunk did not wait for the 10 s interval (margin for a loaded host)
 
 
 async def test_n_greater_than_one_keeps_choices_apart():
