@@ -40,3 +40,26 @@ def test_engine_args_pass_through_unknown_vllm_arguments():
 def test_duplicate_model_names_are_rejected():
     with pytest.raises(ValidationError, match="duplicate"):
         AppConfig.model_validate({"models": [{"model": "a/b"}, {"model": "c", "served_model_name": "a/b"}]})
+
+
+def test_serve_accepts_the_config_file():
+    """Ray Serve's own schema for `serve run`/`serve deploy` files accepts serve_config.yaml."""
+    from ray.serve.schema import ServeDeploySchema
+
+    cfg = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(cfg)
+    assert schema.applications[0].import_path == "deployments.app:build_app"
+    assert schema.http_options.port == 8000
+    cfg["applications"][0]["import_path"] = "build_app"  # no module: what the schema must refuse
+    with pytest.raises(Exception, match="import_path"):
+        ServeDeploySchema.model_validate(cfg)
+
+
+def test_cache_block_is_validated():
+    cfg = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["args"]
+    args = AppConfig.model_validate(cfg)
+    assert args.cache.enabled and args.cache.redis_url is None and args.cache.ttl_s == 300
+    with pytest.raises(ValidationError, match="namespace"):
+        AppConfig.model_validate({"cache": {"namespace": "bad name with spaces"}})
+    with pytest.raises(ValidationError, match="simlarity_threshold"):
+        AppConfig.model_validate({"cache": {"simlarity_threshold": 0.9}})
