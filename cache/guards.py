@@ -47,14 +47,15 @@ FRAME_WORDS = frozenset(
     """.split()
 )
 
-# Cues that flip or restrict meaning; compared as a set, never stripped.
-NEGATION_CUES = frozenset(
+# Cues that flip or restrict meaning; compared as a set, never stripped. Plain negation has many
+# spellings ("no sugar", "without sugar", "don't use sugar"): those all count as one cue, "not".
+_PLAIN_NEGATION = frozenset(
     """
-    not no never none nothing nobody nowhere neither nor without except excluding exclude avoid
-    cannot cant dont doesnt didnt isnt arent wasnt werent wont wouldnt shouldnt couldnt
-    non un anti lack lacking instead only
+    not no never none nothing nobody nowhere neither nor without cannot cant dont doesnt didnt isnt
+    arent wasnt werent wont wouldnt shouldnt couldnt lack lacking
     """.split()
 )
+NEGATION_CUES = _PLAIN_NEGATION | frozenset("except excluding exclude avoid non un anti instead only".split())
 
 _NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
@@ -62,8 +63,8 @@ _NUMBER_WORDS = {
     "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20,
     "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90,
     "hundred": 100, "thousand": 1000, "million": 1000000, "billion": 1000000000,
-    "dozen": 12, "half": 0.5, "quarter": 0.25, "twice": 2, "once": 1, "single": 1, "double": 2,
-    "triple": 3, "first": 1, "second": 2, "third": 3,
+    "dozen": 12, "half": 0.5, "quarter": 0.25, "twice": 2, "double": 2, "triple": 3,
+    "first": 1, "second": 2, "third": 3,
 }
 
 # Small, explicit synonym groups for frame-adjacent words that paraphrases swap. Entities, units,
@@ -149,7 +150,7 @@ def details(text: str) -> Details:
     for tok in _tokens(text):
         tok = tok.strip()
         if tok in NEGATION_CUES:
-            negations.add("not" if tok.endswith("nt") or tok in ("cannot",) else tok)
+            negations.add("not" if tok in _PLAIN_NEGATION else tok)
             continue
         if tok in _DIRECTIONAL:
             segment += 1

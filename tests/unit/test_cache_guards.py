@@ -17,6 +17,8 @@ from cache.guards import details, mismatch
     ("How much should he weigh at that age?", "How much should she weigh at that age?"),
     ("Plan a 3-day itinerary for Rome on a tight budget.", "Plan a 3-day itinerary for Rome."),
     ("How much is $10,000 at 7% after 20 years?", "How much is $10,000 at 6% after 20 years?"),
+    ("How do I unclog a bathroom sink with chemicals?", "How do I unclog a bathroom sink without chemicals?"),
+    ("Which foods contain only protein?", "Which foods contain no protein?"),
 ])
 def test_look_alikes_are_rejected(query, candidate):
     assert mismatch(query, candidate) is not None
@@ -27,6 +29,7 @@ def test_look_alikes_are_rejected(query, candidate):
     ("python list vs tuple - whats the difference?", "What is the difference between a list and a tuple in Python?"),
     ("How do I reverse a list in Python", "how do I reverse a list in python?"),
     ("Plan a three-day itinerary for Rome", "Plan a 3-day itinerary for Rome."),
+    ("unclog a bathroom sink with no chemicals", "How do I unclog a bathroom sink without chemicals?"),
 ])
 def test_rewordings_that_keep_the_details_pass(query, candidate):
     assert mismatch(query, candidate) is None
