@@ -108,7 +108,7 @@ class IngressCache:
         return CacheHit("coalesced", body)
 
     def finish(self, plan: CachePlan, body: Optional[dict]) -> None:
-        """The leader is done: wake the followers with its body (None: failed) and write it back."""
+        """The leader is done: wake the followers with its body (None: failed)."""
         fut = self._inflight.pop(plan.exact_key, None)
         if fut is not None and not fut.done():
             fut.set_result(body)

@@ -41,7 +41,7 @@ FRAME_WORDS = frozenset(
     please pls plz kindly thanks thank hi hello hey ok okay just really actually also maybe
     show tell explain give help want need know let like get got make way ways some any thing things
     something anything able possible exactly simply quick quickly briefly basically
-    question ask asking wondering curious idea best good way between
+    question ask asking wondering curious idea best good between
     use using used
     s t d ll re ve m
     """.split()
@@ -177,15 +177,14 @@ def details(text: str) -> Details:
                    (segment, tuple(sorted((k, tuple(sorted(v))) for k, v in segments.items()))))
 
 
-def mismatch(query: str, candidate: str, max_unmatched: int = 0) -> Optional[str]:
+def mismatch(query: str, candidate: str) -> Optional[str]:
     """Why `candidate`'s answer must not serve `query` (a short reason), or None when the details agree."""
     q, c = details(query), details(candidate)
     if q.numbers != c.numbers:
         return "numbers"
     if q.negations != c.negations:
         return "negation"
-    unmatched = len(q.content ^ c.content)
-    if unmatched > max_unmatched:
+    if q.content != c.content:
         return "content"
     if q.segments[0] == c.segments[0] > 0 and q.segments[1] != c.segments[1]:
         return "order"

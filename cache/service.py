@@ -2,8 +2,9 @@
 
 Why its own deployment: embedding is the expensive part of a lookup (a MiniLM forward pass), it
 batches well across concurrent requests (`@serve.batch`), and it scales with cache traffic, not with
-GPUs. The ingress does the cheap exact-match lookup in Redis itself and calls this deployment only
-for meaning-level matches and write-backs.
+GPUs. The ingress does the cheap exact-match lookup in Redis itself, calls this deployment for
+meaning-level matches, and writes entries to Redis itself with the lookup's embedding; `store` here
+is for entries whose lookup was bypassed and still need an embedding.
 
 Each replica keeps the whole index in memory, rebuilt from Redis at start and kept in step by
 tailing the store's stream (cache/store.py); a Redis outage only makes lookups miss, and the next
