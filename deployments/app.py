@@ -9,21 +9,20 @@ from the same file, so one YAML describes the whole application.
 
 from __future__ import annotations
 
-import re
-
 from ray import serve
 from ray.serve import Application
 
 from cache.config import CacheConfig
 from cache.embedded_redis import EmbeddedRedis
 from cache.service import SemanticCache
-from deployments.config import AppConfig, ModelConfig
+from deployments.config import AppConfig, ModelConfig, llm_deployment_name
 from deployments.ingress import Ingress
 from deployments.llm_server import LLMServer
+from router.policy import RouterSettings
+from router.prompt_text import routing_text
+from router.request_router import PrefixAwareRequestRouter
 
-
-def llm_deployment_name(model_name: str) -> str:
-    return "LLM:" + re.sub(r"[^A-Za-z0-9_.-]+", "-", model_name)
+PREFIX_ROUTER = f"{PrefixAwareRequestRouter.__module__}:{PrefixAwareRequestRouter.__qualname__}"
 
 
 def _llm_actor_options(cfg: ModelConfig) -> dict:
@@ -40,8 +39,29 @@ def _llm_actor_options(cfg: ModelConfig) -> dict:
     return opts
 
 
+def warm_prefix_text(system_prompt: str) -> str:
+    """The routing text of a conversation that starts with `system_prompt` (its held prefix)."""
+    return routing_text({"messages": [{"role": "system", "content": system_prompt}]})
+
+
+def _router_config(cfg: ModelConfig) -> dict | None:
+    """The deployment's request_router_config, validated here when it names raygate's router
+    (a typo fails `serve run`, not every request), with the model's warm-up prefixes added."""
+    config = dict(cfg.deployment.request_router_config or {})
+    cls = config.get("request_router_class")
+    if cls not in (PREFIX_ROUTER, PrefixAwareRequestRouter):
+        return config or None
+    kwargs = dict(config.get("request_router_kwargs") or {})
+    kwargs.setdefault("warm_prefixes", [warm_prefix_text(p) for p in cfg.warmup_system_prompts])
+    config["request_router_kwargs"] = RouterSettings.model_validate(kwargs).model_dump()
+    return config
+
+
 def build_llm_deployment(cfg: ModelConfig) -> Application:
     options = cfg.deployment.as_options()
+    router = _router_config(cfg)
+    if router is not None:
+        options["request_router_config"] = router
     options["ray_actor_options"] = _llm_actor_options(cfg)
     options.setdefault("max_ongoing_requests", 256)
     # Replicas load a model before they are ready: give them time, then check the engine often.

@@ -7,11 +7,13 @@ to vLLM's `AsyncEngineArgs` untouched (`engine_args` allows extra keys).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cache.config import CacheConfig
+from deployments.admission import AdmissionConfig
 from deployments.deployment_options import DeploymentOptions
 
 # `model: builtin:tiny-llama` names the demo model that deployments/demo_model.py builds offline.
@@ -67,6 +69,11 @@ class SubmitBatchingConfig(BaseModel):
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
 
 
+def llm_deployment_name(model_name: str) -> str:
+    """The Serve deployment that serves `model_name`."""
+    return "LLM:" + re.sub(r"[^A-Za-z0-9_.-]+", "-", model_name)
+
+
 class ModelConfig(BaseModel):
     """One served model: where its weights come from, its engine, and its deployment."""
 
@@ -90,7 +97,10 @@ class ModelConfig(BaseModel):
     submit_batching: SubmitBatchingConfig = Field(default_factory=SubmitBatchingConfig)
     # Real requests each replica serves before it reports healthy.
     warmup_requests: int = Field(default=2, ge=0)
-
+    # System prompts each replica prefills before it reports healthy, so that their first real
+    # requests hit the prefix cache; the prefix-aware router knows every replica holds them.
+    warmup_system_prompts: list[str] = Field(default_factory=list)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
 
     @property
     def name(self) -> str:

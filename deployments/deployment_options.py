@@ -20,6 +20,8 @@ class DeploymentOptions(BaseModel):
     health_check_period_s: Optional[float] = None
     health_check_timeout_s: Optional[float] = None
     graceful_shutdown_timeout_s: Optional[float] = None
+    # {request_router_class: "module:Class", request_router_kwargs: {...}}: Serve's RequestRouterConfig.
+    request_router_config: Optional[dict[str, Any]] = None
 
     def as_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if v is not None}

@@ -26,10 +26,14 @@ from cache.client import CacheHit, CacheMiss, IngressCache
 from cache.config import parse_request_options
 from cache.keys import CachePlan, plan as cache_plan
 from cache.responses import StreamCollector, as_response, as_sse, storable
-from deployments.config import AppConfig, ModelConfig
+from deployments import serving_metrics
+from deployments.admission import PRIORITIES, AdmissionGate, Slot
+from deployments.config import AppConfig, ModelConfig, llm_deployment_name
 from deployments.errors import APIError, api_error_response, error_body, error_response
 from deployments.llm_server import Reply
+from deployments.request_controls import RequestControls, parse_controls
 from deployments.request_parsing import CHAT, COMPLETION, check_request, parse_json_object
+from router import registry
 
 logger = logging.getLogger("ray.serve")
 
@@ -45,6 +49,7 @@ _RETRY_AFTER_S = 1.0
 _TENANT = "anonymous"
 CACHE_HEADER = "x-raygate-cache"
 SIMILARITY_HEADER = "x-raygate-cache-similarity"
+REPLICA_HEADER = "x-raygate-replica"
 
 
 @app.exception_handler(APIError)
@@ -66,6 +71,12 @@ async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
 async def _unexpected(_: Request, e: Exception) -> JSONResponse:
     logger.exception("unhandled error in the ingress")
     return error_response(500, "The server had an internal error; the request was not completed.")
+
+
+def _count_rejection(model: str, reason: str) -> None:
+    serving_metrics.REJECTIONS.inc(tags={"model": model, "reason": reason})
+    if reason == "deadline":
+        serving_metrics.DEADLINE_DROPS.inc(tags={"model": model, "stage": "ingress"})
 
 
 def _sse_error(status: int, message: str) -> str:
@@ -110,6 +121,10 @@ class Ingress:
         if cache_handle is not None:
             cache_handle = cache_handle.options(_by_reference=by_ref)  # gRPC: 1.6x the embed calls/s
         self._cache = IngressCache(config.cache, cache_handle, redis_handle) if cache_handle is not None else None
+        self._gates = {m.name: AdmissionGate(m.name, m.admission, replicas=lambda m=m: self._replica_count(m),
+                                             on_reject=_count_rejection)
+                       for m in config.models}
+        self._gauges_task: Optional[asyncio.Task] = None
 
     # ---- OpenAI endpoints -------------------------------------------------------------------
 
@@ -145,6 +160,9 @@ class Ingress:
     # ---- request path -----------------------------------------------------------------------
 
     async def _serve(self, kind: str, request: Request) -> Response:
+        controls = parse_controls(request.headers)
+        if self._gauges_task is None:
+            self._gauges_task = asyncio.get_running_loop().create_task(self._publish_gauges())
         payload = parse_json_object(await _read_body(request, self._config.ingress.max_body_bytes))
         model = payload.get("model")
         if model is None:
@@ -159,11 +177,11 @@ class Ingress:
         # headers and echoes it on the response; the engine request uses the same id.
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         if self._cache is None:
-            return await self._generate(kind, model, payload, request_id)
+            return await self._generate(kind, model, payload, request_id, controls)
 
         plan = cache_plan(kind, payload, options, self._config.cache, _TENANT)
         if not (plan.read or plan.write):
-            return await self._generate(kind, model, payload, request_id, headers={CACHE_HEADER: "off"})
+            return await self._generate(kind, model, payload, request_id, controls, headers={CACHE_HEADER: "off"})
         miss = CacheMiss()
         if plan.read:
             found = await self._cache.lookup(plan)
@@ -171,16 +189,18 @@ class Ingress:
                 return self._cached(kind, payload, found)
             miss = found
         if not plan.write:
-            return await self._generate(kind, model, payload, request_id, headers={CACHE_HEADER: _label(miss)})
+            return await self._generate(kind, model, payload, request_id, controls,
+                                        headers={CACHE_HEADER: _label(miss)})
         leader = self._cache.lead_or_follow(plan)
         if leader is not None:
             hit = await self._cache.follow(leader, timeout_s=300.0)
             if hit is not None:
                 return self._cached(kind, payload, hit)
-            return await self._generate(kind, model, payload, request_id, headers={CACHE_HEADER: _label(miss)})
+            return await self._generate(kind, model, payload, request_id, controls,
+                                        headers={CACHE_HEADER: _label(miss)})
         try:
-            return await self._generate(kind, model, payload, request_id, headers={CACHE_HEADER: _label(miss)},
-                                        capture=(plan, miss))
+            return await self._generate(kind, model, payload, request_id, controls,
+                                        headers={CACHE_HEADER: _label(miss)}, capture=(plan, miss))
         except BaseException:
             self._cache.finish(plan, None)
             raise
@@ -195,17 +215,29 @@ class Ingress:
                                      headers=headers)
         return JSONResponse(as_response(kind, hit.body), headers=headers)
 
-    async def _generate(self, kind: str, model: str, payload: dict, request_id: str,
+    async def _generate(self, kind: str, model: str, payload: dict, request_id: str, controls: RequestControls,
                         headers: Optional[dict[str, str]] = None,
                         capture: Optional[tuple[CachePlan, CacheMiss]] = None) -> Response:
-        """Send the request to the model; with `capture`, store the finished answer in the cache."""
+        """Send the request to the model once admission control gives it a slot (which it holds
+        until its response has ended); with `capture`, store the finished answer in the cache."""
+        slot = await self._gates[model].admit(controls.priority, controls.monotonic_deadline())
+        try:
+            return await self._call_model(kind, model, payload, request_id, controls, slot, headers, capture)
+        except BaseException:
+            slot.release()
+            raise
+
+    async def _call_model(self, kind: str, model: str, payload: dict, request_id: str, controls: RequestControls,
+                          slot: Slot, headers: Optional[dict[str, str]],
+                          capture: Optional[tuple[CachePlan, CacheMiss]]) -> Response:
         strip_usage = False
         if capture is not None and payload.get("stream"):
             # Ask for usage so the stored entry has it; the client gets it only if it asked.
             stream_options = dict(payload.get("stream_options") or {})
             strip_usage = not stream_options.get("include_usage")
             payload["stream_options"] = {**stream_options, "include_usage": True}
-        stream: DeploymentResponseGenerator = self._streams[model].generate.remote(kind, payload, request_id)
+        stream: DeploymentResponseGenerator = self._streams[model].generate.remote(
+            kind, payload, request_id, session_id=controls.session_id, deadline=controls.deadline)
         try:
             head: Reply = await stream.__anext__()
         except BaseException as e:
@@ -213,7 +245,11 @@ class Ingress:
             if isinstance(e, asyncio.CancelledError):
                 raise
             raise self._unavailable(model, e) from None
+        headers = dict(headers or {})
+        if head.replica:
+            headers[REPLICA_HEADER] = head.replica
         if not head.streaming:
+            slot.release()
             if capture is not None:
                 body = json.loads(head.body) if head.status == 200 else None
                 self._store(capture, body if body is not None and storable(body) else None, head.body)
@@ -221,7 +257,8 @@ class Ingress:
         tap = None
         if capture is not None:
             tap = (StreamCollector(kind), strip_usage, capture)
-        return StreamingResponse(self._relay(head.body, stream, tap), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(self._relay(head.body, stream, slot, tap), media_type="text/event-stream",
+                                 headers=headers)
 
     def _store(self, capture: tuple[CachePlan, CacheMiss], body: Optional[dict], raw: Optional[str] = None) -> None:
         plan, miss = capture
@@ -229,7 +266,7 @@ class Ingress:
             self._cache.write_back(plan, body, miss, raw)
         self._cache.finish(plan, body)
 
-    async def _relay(self, first: str, stream: DeploymentResponseGenerator,
+    async def _relay(self, first: str, stream: DeploymentResponseGenerator, slot: Slot,
                      tap: Optional[tuple[StreamCollector, bool, tuple[CachePlan, CacheMiss]]] = None,
                      ) -> AsyncGenerator[str, None]:
         """Relay SSE chunks; a replica lost mid-stream ends the stream with an SSE error event.
@@ -253,6 +290,7 @@ class Ingress:
             yield _sse_error(503, f"The stream was interrupted: {type(e).__name__}. Retry the request.")
         finally:
             stream.cancel()  # no-op when finished; aborts the engine request when the client left
+            slot.release()
             if tap is not None:
                 self._store(tap[2], tap[0].result())
 
@@ -299,6 +337,53 @@ class Ingress:
         if self._cache is None:
             raise APIError(404, "The cache is disabled in this deployment.")
         return JSONResponse({"namespace": self._config.cache.namespace, "removed_keys": await self._cache.flush()})
+
+    # ---- routing and admission --------------------------------------------------------------
+
+    def _router(self, model: str):
+        return registry.find(llm_deployment_name(model))
+
+    def _replica_count(self, cfg: ModelConfig) -> int:
+        """Live replicas as this process's router sees them (no remote call); before the router has
+        heard from the controller, the configured count."""
+        router = self._router(cfg.name)
+        if router is not None and router.curr_replicas:
+            return len(router.curr_replicas)
+        n = cfg.deployment.num_replicas
+        return n if isinstance(n, int) else 1
+
+    async def _publish_gauges(self) -> None:
+        while True:
+            for name, gate in self._gates.items():
+                for priority, n in gate.queued().items():
+                    serving_metrics.QUEUED.set(n, tags={"model": name, "priority": priority})
+                serving_metrics.INFLIGHT.set(gate.inflight, tags={"model": name})
+            await asyncio.sleep(1.0)
+
+    @app.get("/admin/models")
+    async def admin_models(self, engines: bool = True) -> JSONResponse:
+        """Per model: admission state in this ingress replica, and (unless `engines=false`) each
+        replica's engine counters."""
+        out = {}
+        for name, gate in self._gates.items():
+            router = self._router(name)
+            ids = router.replica_ids() if router is not None and engines else []
+            # One call at a time: handle calls made while serving one HTTP request share Serve's
+            # internal request id, and concurrent ones to one deployment would be matched to each
+            # other's replicas.
+            stats = []
+            for rid in ids:
+                try:
+                    stats.append(await asyncio.wait_for(self._calls[name].engine_stats.remote(replica=rid), timeout=5))
+                except Exception as e:  # noqa: BLE001 - reported per replica
+                    stats.append(e)
+            out[name] = {
+                "admission": {"capacity": gate.capacity, "inflight": gate.inflight, "queued": gate.queued(),
+                              "priorities": list(PRIORITIES)},
+                "replicas": [s if isinstance(s, dict) else {"replica": rid, "error": repr(s)}
+                             for rid, s in zip(ids, stats)],
+            }
+        return JSONResponse({"models": out})
 
     async def _model_health(self, name: str) -> Optional[str]:
         await asyncio.wait_for(self._calls[name].check_health.remote(), timeout=5)

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncGenerator, Optional
@@ -24,6 +25,7 @@ from deployments.engine import LLMEngine, ServeResult
 from deployments.engine_reaper import start_reaper
 from deployments.errors import APIError, error_body
 from deployments.request_parsing import CHAT, validate_request
+from deployments.serving_metrics import DEADLINE_DROPS
 
 logger = logging.getLogger("ray.serve")
 
@@ -37,10 +39,7 @@ class Reply:
     status: int
     body: str
     streaming: bool = False
-
-
-def _error_reply(err: ErrorResponse) -> Reply:
-    return Reply(status=int(err.error.code or 500), body=err.model_dump_json())
+    replica: str = ""  # the serving replica's id (response header x-raygate-replica)
 
 
 def _sse_error_reply(chunk: str) -> Optional[Reply]:
@@ -63,7 +62,18 @@ class LLMServer:
         if cfg.submit_batching.enabled:
             self._submit_batch.set_max_batch_size(cfg.submit_batching.max_batch_size)
             self._submit_batch.set_batch_wait_timeout_s(cfg.submit_batching.batch_wait_timeout_s)
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
         await self._warmup(cfg.warmup_requests)
+        await self._prefill_system_prompts(cfg.warmup_system_prompts)
+
+    async def _prefill_system_prompts(self, prompts: list[str]) -> None:
+        """Put each configured system prompt in the prefix cache (a 1-token request each)."""
+        for prompt in prompts:
+            req = {"model": self._cfg.name, "max_tokens": 1,
+                   "messages": [{"role": "system", "content": prompt}, {"role": "user", "content": "."}]}
+            async for item in self.generate(CHAT, req, f"prefill-{uuid.uuid4().hex}"):
+                if isinstance(item, Reply) and item.status != 200:
+                    raise RuntimeError(f"prefilling a system prompt failed: {item.status} {item.body}")
 
     async def _warmup(self, n: int) -> None:
         """Serve `n` real requests (half streamed) so the first client request meets a warm engine."""
@@ -91,12 +101,21 @@ class LLMServer:
     async def _submit_batch(self, items: list[tuple[str, Any, str]]) -> list[ServeResult]:
         return list(await asyncio.gather(*(self._submit(*item) for item in items)))
 
-    async def generate(self, kind: str, payload: dict, request_id: str) -> AsyncGenerator[Reply | str, None]:
-        """Serve one chat or completion request body: a `Reply` head, then (streaming) SSE strings."""
+    async def generate(self, kind: str, payload: dict, request_id: str, session_id: Optional[str] = None,
+                       deadline: Optional[float] = None) -> AsyncGenerator[Reply | str, None]:
+        """Serve one chat or completion request body: a `Reply` head, then (streaming) SSE strings.
+
+        `session_id` is read by the router, not here. `deadline` (Unix time) is checked last thing
+        before the engine: time spent in Serve's queues counts against it too."""
         try:
             request = validate_request(kind, payload)
         except APIError as e:
-            yield Reply(status=e.status, body=error_body(e.status, e.message, e.param).model_dump_json())
+            yield self._reply(e.status, error_body(e.status, e.message, e.param).model_dump_json())
+            return
+        if deadline is not None and time.time() >= deadline:
+            DEADLINE_DROPS.inc(tags={"model": self._cfg.name, "stage": "replica"})
+            msg = "The request's deadline passed before it reached the engine."
+            yield self._reply(503, error_body(503, msg).model_dump_json())
             return
         try:
             if self._cfg.submit_batching.enabled:
@@ -110,10 +129,10 @@ class LLMServer:
             await self._engine.abort(request, request_id)
             raise
         if isinstance(result, ErrorResponse):
-            yield _error_reply(result)
+            yield self._reply(int(result.error.code or 500), result.model_dump_json())
             return
         if not hasattr(result, "__aiter__"):
-            yield Reply(status=200, body=result.model_dump_json())
+            yield self._reply(200, result.model_dump_json())
             return
         # Streaming: cancelling this generator (client gone) closes vLLM's, which aborts the request.
         stream: AsyncGenerator[str, None] = result
@@ -122,10 +141,11 @@ class LLMServer:
             first = await stream.__anext__()
             err = _sse_error_reply(first)
             if err is not None:
+                err.replica = self._replica_id
                 yield err
                 done = True
                 return
-            yield Reply(status=200, body=first, streaming=True)
+            yield Reply(status=200, body=first, streaming=True, replica=self._replica_id)
             async for chunk in stream:
                 yield chunk
             done = True
@@ -134,13 +154,18 @@ class LLMServer:
             if not done:
                 await self._engine.abort(request, request_id)
 
+    def _reply(self, status: int, body: str) -> Reply:
+        return Reply(status=status, body=body, replica=self._replica_id)
+
     async def model_card(self) -> dict:
         return (await self._engine.model_card()).model_dump()
 
-    def engine_stats(self) -> dict:
-        """Load as the engine sees it; read by tests, benchmarks and (later) the autoscaler."""
+    def engine_stats(self, replica: Optional[str] = None) -> dict:
+        """Load as the engine sees it; read by tests, benchmarks and /admin/models. `replica` is
+        read by the router (to reach one given replica), not here."""
         load = self._engine.load()
         return {
+            "replica": self._replica_id,
             "running": load.running,
             "waiting": load.waiting,
             "unfinished": self._engine.num_unfinished_requests(),

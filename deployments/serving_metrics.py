@@ -1,0 +1,28 @@
+"""Prometheus series of admission control and deadlines (`ray_raygate_admission_*`, `ray_raygate_deadline_*`)."""
+
+from __future__ import annotations
+
+from ray.util.metrics import Counter, Gauge
+
+REJECTIONS = Counter(
+    "raygate_admission_rejections",
+    description="Requests refused by admission control, by reason: rate (429), capacity, shed (for a "
+                "higher priority), queue_timeout, deadline (all 503 with Retry-After).",
+    tag_keys=("model", "reason"),
+)
+QUEUED = Gauge(
+    "raygate_admission_queued",
+    description="Requests waiting at this ingress replica for a slot at the model, by priority.",
+    tag_keys=("model", "priority"),
+)
+INFLIGHT = Gauge(
+    "raygate_admission_inflight",
+    description="Requests this ingress replica has at the model's replicas.",
+    tag_keys=("model",),
+)
+DEADLINE_DROPS = Counter(
+    "raygate_deadline_drops",
+    description="Requests dropped because their deadline passed before the engine, by stage: "
+                "ingress (while waiting for a slot) or replica (in Serve's queues).",
+    tag_keys=("model", "stage"),
+)

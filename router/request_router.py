@@ -1,0 +1,96 @@
+"""The Ray Serve `RequestRouter` of every LLM deployment: `PrefixRoutingPolicy` behind Serve's API.
+
+Serve calls `choose_replicas` with the replicas that may take the request and sends the request to
+the least-loaded replica of the first rank that accepts it; `on_request_routed` tells us where it
+went. Everything the choice needs is in this process -- the prefix index, the session table, and
+the queue lengths that Serve's router already tracks (incremented on send, decremented on
+completion, corrected by replica probes) -- so routing adds no remote call to a request's path,
+unlike Ray Serve LLM's PrefixCacheAffinityRouter, which asks a detached actor per request.
+
+Serve makes one router per deployment per process (every handle to the deployment in that process
+shares it); router/registry.py lists them, for the ingress's admin views and admission bounds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any, List, Optional
+
+from ray.serve._private.common import ReplicaID
+from ray.serve._private.replica_result import ReplicaResult
+from ray.serve._private.request_router.common import PendingRequest
+from ray.serve._private.request_router.replica_wrapper import RunningReplica
+from ray.serve._private.request_router.request_router import LocalityMixin, MultiplexMixin, RequestRouter
+
+from router import metrics, registry
+from router.policy import Decision, PrefixRoutingPolicy, RouterSettings
+from router.prompt_text import routing_text
+
+logger = logging.getLogger("ray.serve")
+
+# Keyword arguments of an LLM call that the router reads (the ingress sets them).
+SESSION_KWARG = "session_id"
+PIN_KWARG = "replica"  # a replica's unique id: admin calls that must reach one given replica
+_MAX_UNROUTED = 10_000
+
+
+def _payload(pending: PendingRequest) -> Optional[dict]:
+    for arg in pending.args:
+        if isinstance(arg, dict):
+            return arg
+    return None
+
+
+class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
+    """Prefix-cache, session and load aware replica choice (see router/policy.py)."""
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        self.policy = PrefixRoutingPolicy(RouterSettings.model_validate(kwargs))
+        self._decisions: OrderedDict[str, Decision] = OrderedDict()
+        self._deployment = self._deployment_id.name if self._deployment_id else ""
+        registry.register(self)
+
+    @property
+    def deployment_name(self) -> str:
+        return self._deployment
+
+    def replica_ids(self) -> list[str]:
+        return [rid.unique_id for rid in self._replicas]
+
+    async def choose_replicas(self, candidate_replicas: List[RunningReplica],
+                              pending_request: Optional[PendingRequest] = None) -> List[List[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        if pending_request is None:
+            return [candidate_replicas]
+        pinned = pending_request.kwargs.get(PIN_KWARG)
+        if pinned is not None:
+            return [[r for r in candidate_replicas if r.replica_id.unique_id == pinned]]
+        payload = _payload(pending_request)
+        text = routing_text(payload) if payload is not None else ""
+        by_id = {r.replica_id: r for r in candidate_replicas}
+        loads = {rid: self._replica_queue_len_cache.get(rid) for rid in by_id}
+        decision = self.policy.choose(list(by_id), loads, text, pending_request.kwargs.get(SESSION_KWARG))
+        key = pending_request.metadata.internal_request_id
+        self._decisions[key] = decision
+        while len(self._decisions) > _MAX_UNROUTED:  # requests cancelled before they were routed
+            self._decisions.popitem(last=False)
+        return [[by_id[rid] for rid in rank] for rank in decision.ranks]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
+                          result: ReplicaResult) -> None:
+        decision = self._decisions.pop(pending_request.metadata.internal_request_id, None)
+        if decision is None:
+            return
+        self.policy.routed(decision, replica_id)
+        metrics.DECISIONS.inc(tags={"deployment": self._deployment, "decision": decision.reason})
+
+    def update_replicas(self, replicas: List[RunningReplica]) -> None:
+        added = [r.replica_id for r in replicas if r.replica_id not in self._replica_id_set]
+        super().update_replicas(replicas)
+        self.policy.replicas_changed([r.replica_id for r in replicas], added)
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self.policy.forget(replica_id)
