@@ -22,7 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -81,8 +84,6 @@ async def drive(base_url: str, model: str, users: list[dict], turns: int, concur
                         continue
                     if ttft is None:
                         ttft = time.perf_counter() - t0
-                    import json
-
                     for choice in json.loads(line[6:]).get("choices", []):
                         text.append(choice.get("delta", {}).get("content") or "")
         except httpx.HTTPError:
@@ -115,12 +116,13 @@ async def drive(base_url: str, model: str, users: list[dict], turns: int, concur
     }
 
 
-def engine_counters(model: str, replicas: int, attempts: int = 200) -> dict[str, dict]:
-    """Each replica's engine counters, read through a DeploymentHandle until every replica answered."""
+def _engine_counters_here(model: str, replicas: int, attempts: int = 200) -> dict[str, dict]:
+    import ray
     from ray import serve
 
     from deployments.config import llm_deployment_name
 
+    ray.init(address="auto", log_to_driver=False, logging_level="ERROR")
     handle = serve.get_deployment_handle(llm_deployment_name(model), app_name="raygate")
     seen: dict[str, dict] = {}
     for _ in range(attempts):
@@ -129,6 +131,16 @@ def engine_counters(model: str, replicas: int, attempts: int = 200) -> dict[str,
         if len(seen) >= replicas:
             return seen
     raise RuntimeError(f"only {len(seen)} of {replicas} replicas answered")
+
+
+def engine_counters(model: str, replicas: int) -> dict[str, dict]:
+    """Each replica's engine counters, read through a DeploymentHandle (called until every replica
+    answered) in a short-lived process: a handle's router outlives `ray.shutdown()` in its process
+    and would keep probing the stopped contender's replicas during the next run."""
+    out = subprocess.run([sys.executable, "-c", "import json, sys; from bench.routing import _engine_counters_here; "
+                          "print(json.dumps(_engine_counters_here(sys.argv[1], int(sys.argv[2]))))",
+                          model, str(replicas)], capture_output=True, text=True, check=True, cwd=str(REPO))
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def hit_rate(before: dict[str, dict], after: dict[str, dict]) -> float:
@@ -154,7 +166,6 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an app arg")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "routing.json")
     args = p.parse_args(argv)
-    import ray
     import yaml
 
     from deployments.config import AppConfig
@@ -184,14 +195,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
         print(f"starting {label} ...", flush=True)
         srv.start()
         try:
-            ray.init(address="auto", log_to_driver=False)
             before = engine_counters(model, args.replicas)
             users = build_users(args.system_prompts, args.users, args.system_tokens, args.seed)
             run = asyncio.run(drive(srv.base_url, model, users, args.turns, args.concurrency, args.max_tokens))
             run["prefix_cache_hit_rate"] = hit_rate(before, engine_counters(model, args.replicas))
             results[label] = run
         finally:
-            ray.shutdown()
             srv.stop()
         print(f"  hit rate {run['prefix_cache_hit_rate']:.1%}, TTFT p50 {run['p50_ttft_ms']:.0f} ms, "
               f"p99 {run['p99_ttft_ms']:.0f} ms, {run['request_throughput']:.2f} req/s, errors {run['errors']}, "
