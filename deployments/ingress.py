@@ -248,6 +248,8 @@ class Ingress:
         headers = dict(headers or {})
         if head.replica:
             headers[REPLICA_HEADER] = head.replica
+        if head.status == 503:  # the replica dropped it (deadline passed in Serve's queues): retryable
+            headers["Retry-After"] = str(int(_RETRY_AFTER_S))
         if not head.streaming:
             slot.release()
             if capture is not None:

@@ -27,7 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from router.prefix_index import PrefixIndex
 
 AFFINITY, PREFIX, BALANCE, FALLBACK = "affinity", "prefix", "balance", "fallback"
-DECISIONS = (AFFINITY, PREFIX, BALANCE, FALLBACK)
 
 
 class RouterSettings(BaseModel):
