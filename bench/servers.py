@@ -213,13 +213,17 @@ class Raygate(Server):
     name = "raygate"
 
     def __init__(self, config_path: Path, port: int, log_dir: Path, env: Optional[dict] = None,
-                 label: str = "raygate", overrides: Optional[dict] = None, client_port: Optional[int] = None):
+                 label: str = "raygate", overrides: Optional[dict] = None, client_port: Optional[int] = None,
+                 extra_apps: Optional[list[dict]] = None):
+        """`overrides` set dotted paths in the first application's args; `extra_apps` are more Serve
+        applications (each with its own route_prefix) started by the same `serve run`."""
         super().__init__(port, log_dir, env)
         self.name = label
         cfg = yaml.safe_load(Path(config_path).read_text())
         cfg.setdefault("http_options", {})["port"] = port
         for path, value in (overrides or {}).items():
             set_dotted(cfg["applications"][0]["args"], path, value)
+        cfg["applications"] += list(extra_apps or [])
         # Where clients connect, if not the Serve proxy (e.g. a direct-ingress replica's port).
         if client_port:
             self.port = client_port

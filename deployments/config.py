@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cache.config import CacheConfig
 from deployments.admission import AdmissionConfig
+from deployments.auth import AuthConfig
 from deployments.deployment_options import DeploymentOptions
 
 # `model: builtin:tiny-llama` names the demo model that deployments/demo_model.py builds offline.
@@ -118,6 +119,9 @@ class IngressConfig(BaseModel):
     # Ingress -> LLM replica transport: Serve's gRPC channel (`_by_reference=False`) or Ray actor
     # calls with one object per streamed item. Chosen by measurement (docs/architecture.md).
     grpc_handles: bool = False
+    # Log each request's body and each non-streamed answer (tenant, model, prompt, completion) at INFO.
+    # Off by default: prompts and completions are the users' data, not operational telemetry.
+    log_payloads: bool = False
 
 
 class AppConfig(BaseModel):
@@ -128,6 +132,7 @@ class AppConfig(BaseModel):
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
     @field_validator("models")
     @classmethod

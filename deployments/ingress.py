@@ -26,13 +26,17 @@ from cache.client import CacheHit, CacheMiss, IngressCache
 from cache.config import parse_request_options
 from cache.keys import CachePlan, plan as cache_plan
 from cache.responses import StreamCollector, as_response, as_sse, storable
-from deployments import serving_metrics
+from cache.service import resolve_redis_url
+from deployments import openapi_spec, serving_metrics
 from deployments.admission import PRIORITIES, AdmissionGate, Slot
+from deployments.auth import Authenticator
 from deployments.config import AppConfig, ModelConfig, llm_deployment_name
 from deployments.errors import APIError, api_error_response, error_body, error_response
 from deployments.llm_server import Reply
+from deployments.rate_limits import TenantRateLimiter
 from deployments.request_controls import RequestControls, parse_controls
 from deployments.request_parsing import CHAT, COMPLETION, check_request, parse_json_object
+from deployments.tenants import Tenant, apply_caps, estimated_tokens
 from router import registry
 
 logger = logging.getLogger("ray.serve")
@@ -42,19 +46,36 @@ app = FastAPI(
     description="OpenAI-compatible LLM serving on Ray Serve and vLLM.",
     version="0.1.0",
 )
+openapi_spec.install(app)
 
 # Retry hint for 503s caused by missing capacity (no replica yet, or all queues full).
 _RETRY_AFTER_S = 1.0
-# Until API keys land (the security issue), every request belongs to one tenant.
-_TENANT = "anonymous"
 CACHE_HEADER = "x-raygate-cache"
 SIMILARITY_HEADER = "x-raygate-cache-similarity"
 REPLICA_HEADER = "x-raygate-replica"
+INGRESS_HEADER = "x-raygate-ingress"
+_ingress_id: Optional[str] = None
+
+
+def _ingress_headers() -> dict[str, str]:
+    """Which ingress replica answered: every response says so (operators tracing a request)."""
+    global _ingress_id
+    if _ingress_id is None:
+        try:
+            _ingress_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside a replica (unit tests)
+            _ingress_id = "local"
+    return {INGRESS_HEADER: _ingress_id}
 
 
 @app.exception_handler(APIError)
 async def _api_error(_: Request, e: APIError) -> JSONResponse:
-    return api_error_response(e)
+    headers = _ingress_headers()
+    if e.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if e.status in (401, 403):
+        serving_metrics.AUTH_FAILURES.inc(tags={"status": str(e.status)})
+    return api_error_response(e, headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -125,6 +146,15 @@ class Ingress:
                                              on_reject=_count_rejection)
                        for m in config.models}
         self._gauges_task: Optional[asyncio.Task] = None
+        self._auth = Authenticator(config.auth)
+        self._limits = TenantRateLimiter(self._rate_limit_redis if (config.cache.enabled or config.cache.redis_url)
+                                         else None, key_prefix=f"raygate:{config.cache.namespace}:limits",
+                                         timeout_s=config.cache.redis_timeout_s)
+        self._redis_handle = redis_handle
+
+    async def _rate_limit_redis(self) -> Optional[str]:
+        """The Redis that every ingress replica counts rate limits in: the cache's."""
+        return await resolve_redis_url(self._config.cache, self._redis_handle)
 
     # ---- OpenAI endpoints -------------------------------------------------------------------
 
@@ -137,12 +167,14 @@ class Ingress:
         return await self._serve(COMPLETION, request)
 
     @app.get("/v1/models")
-    async def list_models(self) -> JSONResponse:
+    async def list_models(self, request: Request) -> JSONResponse:
+        self._auth.tenant(request.headers)
         cards = await asyncio.gather(*(self._model_card(name) for name in self._models))
         return JSONResponse({"object": "list", "data": list(cards)})
 
     @app.get("/v1/models/{model_id:path}")
-    async def get_model(self, model_id: str) -> JSONResponse:
+    async def get_model(self, model_id: str, request: Request) -> JSONResponse:
+        self._auth.tenant(request.headers)
         if model_id not in self._models:
             raise APIError(404, f"The model `{model_id}` does not exist.", param="model")
         return JSONResponse(await self._model_card(model_id))
@@ -160,6 +192,13 @@ class Ingress:
     # ---- request path -----------------------------------------------------------------------
 
     async def _serve(self, kind: str, request: Request) -> Response:
+        response = await self._serve_request(kind, request)
+        response.headers.update(_ingress_headers())
+        return response
+
+    async def _serve_request(self, kind: str, request: Request) -> Response:
+        tenant = self._auth.tenant(request.headers)
+        await self._limits.check_request(tenant)
         controls = parse_controls(request.headers)
         if self._gauges_task is None:
             self._gauges_task = asyncio.get_running_loop().create_task(self._publish_gauges())
@@ -172,16 +211,20 @@ class Ingress:
         if model not in self._streams:
             raise APIError(404, f"The model `{model}` does not exist.", param="model")
         check_request(kind, payload)
+        apply_caps(kind, payload, tenant)
         options = parse_request_options(payload.pop("cache", None))
+        if self._config.ingress.log_payloads:
+            logger.info("request %s tenant=%s model=%s body=%s", request.headers.get("x-request-id"), tenant.name,
+                        model, json.dumps(payload, ensure_ascii=False))
         # Serve's RequestIdMiddleware puts the client's x-request-id (or a fresh one) in the request
         # headers and echoes it on the response; the engine request uses the same id.
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         if self._cache is None:
-            return await self._generate(kind, model, payload, request_id, controls)
+            return await self._generate(kind, model, payload, request_id, controls, tenant)
 
-        plan = cache_plan(kind, payload, options, self._config.cache, _TENANT)
+        plan = cache_plan(kind, payload, options, self._config.cache, tenant.cache_scope)
         if not (plan.read or plan.write):
-            return await self._generate(kind, model, payload, request_id, controls, headers={CACHE_HEADER: "off"})
+            return await self._generate(kind, model, payload, request_id, controls, tenant, headers={CACHE_HEADER: "off"})
         miss = CacheMiss()
         if plan.read:
             found = await self._cache.lookup(plan)
@@ -189,17 +232,17 @@ class Ingress:
                 return self._cached(kind, payload, found)
             miss = found
         if not plan.write:
-            return await self._generate(kind, model, payload, request_id, controls,
+            return await self._generate(kind, model, payload, request_id, controls, tenant,
                                         headers={CACHE_HEADER: _label(miss)})
         leader = self._cache.lead_or_follow(plan)
         if leader is not None:
             hit = await self._cache.follow(leader, timeout_s=300.0)
             if hit is not None:
                 return self._cached(kind, payload, hit)
-            return await self._generate(kind, model, payload, request_id, controls,
+            return await self._generate(kind, model, payload, request_id, controls, tenant,
                                         headers={CACHE_HEADER: _label(miss)})
         try:
-            return await self._generate(kind, model, payload, request_id, controls,
+            return await self._generate(kind, model, payload, request_id, controls, tenant,
                                         headers={CACHE_HEADER: _label(miss)}, capture=(plan, miss))
         except BaseException:
             self._cache.finish(plan, None)
@@ -216,10 +259,12 @@ class Ingress:
         return JSONResponse(as_response(kind, hit.body), headers=headers)
 
     async def _generate(self, kind: str, model: str, payload: dict, request_id: str, controls: RequestControls,
-                        headers: Optional[dict[str, str]] = None,
+                        tenant: Tenant, headers: Optional[dict[str, str]] = None,
                         capture: Optional[tuple[CachePlan, CacheMiss]] = None) -> Response:
-        """Send the request to the model once admission control gives it a slot (which it holds
-        until its response has ended); with `capture`, store the finished answer in the cache."""
+        """Send the request to the model once its tenant's token budget allows it and admission control
+        gives it a slot (which it holds until its response has ended); with `capture`, store the
+        finished answer in the cache. Cache hits never get here: they cost no tokens."""
+        await self._limits.charge_tokens(tenant, estimated_tokens(kind, payload))
         slot = await self._gates[model].admit(controls.priority, controls.monotonic_deadline())
         try:
             return await self._call_model(kind, model, payload, request_id, controls, slot, headers, capture)
@@ -252,6 +297,8 @@ class Ingress:
             headers["Retry-After"] = str(int(_RETRY_AFTER_S))
         if not head.streaming:
             slot.release()
+            if self._config.ingress.log_payloads:
+                logger.info("response %s status=%d body=%s", request_id, head.status, head.body)
             if capture is not None:
                 body = json.loads(head.body) if head.status == 200 else None
                 self._store(capture, body if body is not None and storable(body) else None, head.body)
@@ -328,14 +375,16 @@ class Ingress:
     # ---- cache administration ----------------------------------------------------------------
 
     @app.get("/admin/cache/stats")
-    async def cache_stats(self) -> JSONResponse:
+    async def cache_stats(self, request: Request) -> JSONResponse:
+        self._auth.require_admin(request.headers)
         if self._cache is None:
             raise APIError(404, "The cache is disabled in this deployment.")
         return JSONResponse(await self._cache.stats())
 
     @app.post("/admin/cache/flush")
-    async def cache_flush(self) -> JSONResponse:
+    async def cache_flush(self, request: Request) -> JSONResponse:
         """Delete every entry of this app's namespace, in Redis and in every replica's index."""
+        self._auth.require_admin(request.headers)
         if self._cache is None:
             raise APIError(404, "The cache is disabled in this deployment.")
         return JSONResponse({"namespace": self._config.cache.namespace, "removed_keys": await self._cache.flush()})
@@ -363,9 +412,10 @@ class Ingress:
             await asyncio.sleep(1.0)
 
     @app.get("/admin/models")
-    async def admin_models(self, engines: bool = True) -> JSONResponse:
+    async def admin_models(self, request: Request, engines: bool = True) -> JSONResponse:
         """Per model: admission state in this ingress replica, and (unless `engines=false`) each
         replica's engine counters."""
+        self._auth.require_admin(request.headers)
         out = {}
         for name, gate in self._gates.items():
             router = self._router(name)

@@ -1,4 +1,5 @@
-"""Prometheus series of admission control and deadlines (`ray_raygate_admission_*`, `ray_raygate_deadline_*`)."""
+"""Prometheus series of admission control, deadlines and tenant limits (`ray_raygate_admission_*`,
+`ray_raygate_deadline_*`, `ray_raygate_rate_limit*`, `ray_raygate_auth_failures`)."""
 
 from __future__ import annotations
 
@@ -25,4 +26,18 @@ DEADLINE_DROPS = Counter(
     description="Requests dropped because their deadline passed before the engine, by stage: "
                 "ingress (while waiting for a slot) or replica (in Serve's queues).",
     tag_keys=("model", "stage"),
+)
+RATE_LIMITED = Counter(
+    "raygate_rate_limited",
+    description="Requests refused with 429 by a tenant's rate limit, by limit: requests or tokens (per minute).",
+    tag_keys=("tenant", "limit"),
+)
+RATE_LIMIT_FALLBACKS = Counter(
+    "raygate_rate_limit_fallbacks",
+    description="Rate-limit checks made from this replica's memory because Redis was down or slow.",
+)
+AUTH_FAILURES = Counter(
+    "raygate_auth_failures",
+    description="Requests refused for a missing or wrong API key (401) or a non-admin key on an admin endpoint (403).",
+    tag_keys=("status",),
 )

@@ -3,7 +3,8 @@
     .venv/bin/python scripts/dev_server.py [PORT]          # prints READY <url>; Ctrl-C stops it
     RAYGATE_TEST_SERVER_URL=<url> .venv/bin/python -m pytest tests/integration/test_admission_and_routing.py
 
-Same overrides as tests/integration/conftest.py (two models, two cache replicas). State carries over
+The same app as tests/integration/conftest.py builds (two models, two cache replicas, the secure app
+at /secure). State carries over
 between runs against it (engines' counters, caches, router indexes), which fresh CI runs do not have.
 """
 
@@ -18,20 +19,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import yaml  # noqa: E402
-
-from bench.servers import Raygate, free_port  # noqa: E402
-from tests.integration.conftest import routed_model_config  # noqa: E402
+from tests.integration.conftest import start_test_app, build_test_app  # noqa: E402
 
 
 def main() -> None:
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 18000
-    models = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["args"]["models"]
-    overrides = {"cache.embedded.port": free_port(), "cache.deployment.num_replicas": 2,
-                 "cache.deployment.autoscaling_config": None, "models": models + [routed_model_config(models[0])]}
-    srv = Raygate(REPO / "serve_config.yaml", port, Path(tempfile.mkdtemp(prefix="raygate-dev-")), overrides=overrides)
+    srv = build_test_app(port, Path(tempfile.mkdtemp(prefix="raygate-dev-")))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the `finally` on `kill` too
-    srv.start(timeout_s=600)
+    start_test_app(srv)
     print("READY", srv.base_url, flush=True)
     try:
         while True:

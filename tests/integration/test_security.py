@@ -1,0 +1,188 @@
+"""API keys, tenants and their limits through the HTTP API of the secure app (auth on, two ingress
+replicas, its cache in Redis): 401/403, tenant cache isolation and explicit sharing, a rate limit
+that holds across both ingress replicas, per-tenant caps, the token budget, and prompts kept out
+of the logs."""
+
+import asyncio
+import glob
+import os
+import time
+import uuid
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import ADMIN_KEY, LIMITED_RPM, TENANT_KEYS
+
+pytestmark = pytest.mark.integration
+
+
+def auth(tenant):
+    return {"Authorization": f"Bearer {TENANT_KEYS[tenant]}"}
+
+
+def chat(text, **extra):
+    return {"model": "tiny-llama", "messages": [{"role": "user", "content": text}], "temperature": 0,
+            "max_tokens": 4, **extra}
+
+
+def assert_error(r, status, *words, param=None):
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == status and err["message"]
+    for w in words:
+        assert w.lower() in err["message"].lower(), err["message"]
+    if param is not None:
+        assert err["param"] == param, err
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer sk-not-a-key"}, {"Authorization": "Basic eDp5"},
+                                     {"Authorization": f"Bearer {ADMIN_KEY}x"}])
+@pytest.mark.parametrize("method,path", [("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
+                                         ("GET", "/v1/models"), ("GET", "/v1/models/tiny-llama")])
+def test_missing_or_wrong_key_is_401(secure_url, headers, method, path):
+    r = httpx.request(method, secure_url + path, headers=headers, json={"model": "tiny-llama", "prompt": "x"},
+                      timeout=30)
+    assert_error(r, 401, "api key")
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_the_official_client_sees_an_authentication_error(secure_url):
+    bad = openai.OpenAI(base_url=secure_url + "/v1", api_key="sk-wrong", max_retries=0, timeout=30)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(**chat("hello"))
+    good = openai.OpenAI(base_url=secure_url + "/v1", api_key=TENANT_KEYS["team-a"], max_retries=0, timeout=60)
+    out = good.chat.completions.create(**chat("hello"))
+    assert out.choices[0].message.content is not None
+    assert [m.id for m in good.models.list().data] == ["tiny-llama"]
+
+
+def test_admin_endpoints_need_the_admin_key_and_health_needs_none(secure_url):
+    stats = secure_url + "/admin/cache/stats"
+    assert_error(httpx.get(stats, timeout=30), 401)
+    assert_error(httpx.get(stats, headers=auth("team-a"), timeout=30), 403, "admin")
+    r = httpx.get(stats, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert_error(httpx.post(secure_url + "/admin/cache/flush", headers=auth("team-b"), timeout=30), 403)
+    assert httpx.get(secure_url + "/health", timeout=30).status_code == 200
+
+
+def _ask(secure_url, tenant, body):
+    r = httpx.post(secure_url + "/v1/chat/completions", json=body, headers=auth(tenant), timeout=60)
+    assert r.status_code == 200, r.text
+    return r.headers["x-raygate-cache"], r.json()["choices"][0]["message"]["content"]
+
+
+def _until_hit(secure_url, tenant, body, timeout_s=10.0):
+    """Repeat until the tenant's own answer is served from the cache (write-backs are asynchronous)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        label, content = _ask(secure_url, tenant, body)
+        if label.startswith("hit") or time.monotonic() > deadline:
+            return label, content
+        time.sleep(0.3)
+
+
+def test_one_tenants_cached_answer_never_reaches_another(secure_url):
+    body = chat(f"What is the capital of Atlantis? ({uuid.uuid4().hex[:8]})")
+    label, first = _ask(secure_url, "team-a", body)
+    assert label == "miss"
+    label, again = _until_hit(secure_url, "team-a", body)
+    assert label == "hit-exact" and again == first
+    # The identical request from another tenant is a miss: generated for it, never served team-a's entry.
+    label, _ = _ask(secure_url, "team-c", body)
+    assert label == "miss"
+
+
+def test_tenants_that_share_a_cache_scope_share_answers(secure_url):
+    body = chat(f"Name a prime number above {uuid.uuid4().int % 1000}.")
+    label, first = _ask(secure_url, "partner-1", body)
+    assert label == "miss"
+    label, _ = _until_hit(secure_url, "partner-1", body)
+    assert label == "hit-exact"
+    label, shared = _ask(secure_url, "partner-2", body)  # explicit opt-in: the same cache_scope
+    assert label == "hit-exact" and shared == first
+    label, _ = _ask(secure_url, "team-a", body)  # everyone else: not shared
+    assert label == "miss"
+
+
+async def test_rate_limit_holds_across_two_ingress_replicas(secure_url):
+    """`limited` may send LIMITED_RPM requests a minute; twice as many, sent 8 at a time through both
+    ingress replicas, get that many 200s (within 10%) and 429s with Retry-After for the rest."""
+    offered = 2 * LIMITED_RPM
+    body = chat(f"rate limit probe {uuid.uuid4().hex[:8]}")
+    statuses, ingresses = [], set()
+    sem = asyncio.Semaphore(8)
+    async with httpx.AsyncClient(timeout=60) as http:
+        async def one():
+            async with sem:
+                r = await http.post(secure_url + "/v1/chat/completions", json=body, headers=auth("limited"))
+            statuses.append(r.status_code)
+            ingresses.add(r.headers.get("x-raygate-ingress"))
+            if r.status_code == 429:
+                assert int(r.headers["retry-after"]) >= 1 and "per minute" in r.json()["error"]["message"]
+        started = time.monotonic()
+        await asyncio.gather(*(one() for _ in range(offered)))
+    assert time.monotonic() - started < 60, "the burst must fit in one window for the count to mean anything"
+    ok = statuses.count(200)
+    assert set(statuses) <= {200, 429}, statuses
+    assert abs(ok - LIMITED_RPM) <= 0.1 * LIMITED_RPM, (ok, LIMITED_RPM)
+    assert len(ingresses - {None}) == 2, f"both ingress replicas must have answered: {ingresses}"
+
+
+@pytest.mark.parametrize("extra,param", [({"max_tokens": 9}, "max_tokens"), ({"n": 3}, "n"),
+                                         ({"max_completion_tokens": 100}, "max_completion_tokens")])
+def test_tenant_caps_are_400_naming_the_field(secure_url, extra, param):
+    body = {**chat("hello"), **extra}
+    if "max_completion_tokens" in extra:
+        body.pop("max_tokens")
+    r = httpx.post(secure_url + "/v1/chat/completions", json=body, headers=auth("team-b"), timeout=30)
+    assert_error(r, 400, "allows at most", param=param)
+
+
+def test_too_many_messages_is_400(secure_url):
+    body = chat("hello")
+    body["messages"] = [{"role": "user", "content": f"m{i}"} for i in range(5)]
+    r = httpx.post(secure_url + "/v1/chat/completions", json=body, headers=auth("team-b"), timeout=30)
+    assert_error(r, 400, "messages", param="messages")
+
+
+def test_a_request_without_max_tokens_gets_the_tenants_cap(secure_url):
+    body = chat(f"write a long story {uuid.uuid4().hex[:6]}", cache={"mode": "off"}, temperature=1.0,
+                ignore_eos=True)
+    body.pop("max_tokens")
+    r = httpx.post(secure_url + "/v1/chat/completions", json=body, headers=auth("team-a"), timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 16  # default_tenant.max_tokens
+
+
+def test_token_budget_refuses_with_429_once_spent(secure_url):
+    """team-b has 400 tokens a minute; a 600-character prompt with max_tokens 8 is charged ~159."""
+    results = []
+    for i in range(5):
+        body = chat("x " * 300 + str(i), max_tokens=8, cache={"mode": "off"})
+        results.append(httpx.post(secure_url + "/v1/chat/completions", json=body, headers=auth("team-b"),
+                                  timeout=60))
+    codes = [r.status_code for r in results]
+    assert codes[0] == 200 and 429 in codes, codes
+    refused = results[codes.index(429)]
+    assert_error(refused, 429, "tokens per minute")
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_prompts_and_completions_stay_out_of_the_logs(secure_url):
+    secret = f"secret-{uuid.uuid4().hex}"
+    r = httpx.post(secure_url + "/v1/chat/completions", json=chat(f"my password is {secret}"),
+                   headers=auth("team-a"), timeout=60)
+    assert r.status_code == 200
+    time.sleep(2)  # let log writers flush
+    logs = glob.glob("/tmp/ray/session_latest/logs/**/*", recursive=True)
+    assert len(logs) > 10
+    leaked = []
+    for path in logs:
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                if secret.encode() in f.read():
+                    leaked.append(path)
+    assert not leaked, leaked
