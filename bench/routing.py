@@ -185,7 +185,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
           flush=True)
     log_dir = REPO / "bench" / "results" / "logs"
     for label in args.contenders.split(","):
-        overrides = {"models.0.deployment.num_replicas": args.replicas, "cache.enabled": False,
+        overrides = {"models.0.deployment.num_replicas": args.replicas,
+                     "models.0.deployment.autoscaling_config": None, "cache.enabled": False,
                      "models.0.num_cpus": round(1.8 / args.replicas, 2),  # Ray reservations on a 2-core host
                      "models.0.admission.max_inflight_per_replica": 256, "models.0.admission.max_queued": 1024,
                      **CONTENDERS[label], **dict(kv.split("=", 1) for kv in args.set)}

@@ -20,6 +20,7 @@ from typing import Any, AsyncGenerator, Optional
 from ray import serve
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
+from deployments.autoscaling import ENGINE_RUNNING, ENGINE_WAITING
 from deployments.config import ModelConfig
 from deployments.engine import LLMEngine, ServeResult
 from deployments.engine_reaper import start_reaper
@@ -175,6 +176,11 @@ class LLMServer:
             "requests_started": load.requests_started,
             "requests_finished": load.requests_finished,
         }
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's autoscaler calls this on every replica; deployments/autoscaling.py reads it."""
+        load = self._engine.load()
+        return {ENGINE_RUNNING: float(load.running), ENGINE_WAITING: float(load.waiting)}
 
     def process_info(self) -> dict:
         """This replica's PID and its engine's PIDs (tests check that engines die with replicas)."""
