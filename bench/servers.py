@@ -214,9 +214,10 @@ class Raygate(Server):
 
     def __init__(self, config_path: Path, port: int, log_dir: Path, env: Optional[dict] = None,
                  label: str = "raygate", overrides: Optional[dict] = None, client_port: Optional[int] = None,
-                 extra_apps: Optional[list[dict]] = None):
+                 extra_apps: Optional[list[dict]] = None, settings: Optional[dict] = None):
         """`overrides` set dotted paths in the first application's args; `extra_apps` are more Serve
-        applications (each with its own route_prefix) started by the same `serve run`."""
+        applications (each with its own route_prefix) started by the same `serve run`; `settings`
+        set dotted paths at the top of the config (e.g. `proxy_location`)."""
         super().__init__(port, log_dir, env)
         self.name = label
         cfg = yaml.safe_load(Path(config_path).read_text())
@@ -224,6 +225,8 @@ class Raygate(Server):
         for path, value in (overrides or {}).items():
             set_dotted(cfg["applications"][0]["args"], path, value)
         cfg["applications"] += list(extra_apps or [])
+        for path, value in (settings or {}).items():
+            set_dotted(cfg, path, value)
         # Where clients connect, if not the Serve proxy (e.g. a direct-ingress replica's port).
         if client_port:
             self.port = client_port

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from typing import AsyncGenerator, Iterable, Optional
 
@@ -50,10 +51,13 @@ openapi_spec.install(app)
 
 # Retry hint for 503s caused by missing capacity (no replica yet, or all queues full).
 _RETRY_AFTER_S = 1.0
+# Pause before calling the model again after a replica failed before answering.
+_RETRY_BACKOFF_S = 0.2
 CACHE_HEADER = "x-raygate-cache"
 SIMILARITY_HEADER = "x-raygate-cache-similarity"
 REPLICA_HEADER = "x-raygate-replica"
 INGRESS_HEADER = "x-raygate-ingress"
+RETRIES_HEADER = "x-raygate-retries"  # set when a failed replica's request was sent again
 _ingress_id: Optional[str] = None
 
 
@@ -281,16 +285,10 @@ class Ingress:
             stream_options = dict(payload.get("stream_options") or {})
             strip_usage = not stream_options.get("include_usage")
             payload["stream_options"] = {**stream_options, "include_usage": True}
-        stream: DeploymentResponseGenerator = self._streams[model].generate.remote(
-            kind, payload, request_id, session_id=controls.session_id, deadline=controls.deadline)
-        try:
-            head: Reply = await stream.__anext__()
-        except BaseException as e:
-            stream.cancel()
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            raise self._unavailable(model, e) from None
+        stream, head, retries = await self._first_reply(kind, model, payload, request_id, controls)
         headers = dict(headers or {})
+        if retries:
+            headers[RETRIES_HEADER] = str(retries)
         if head.replica:
             headers[REPLICA_HEADER] = head.replica
         if head.status == 503:  # the replica dropped it (deadline passed in Serve's queues): retryable
@@ -308,6 +306,30 @@ class Ingress:
             tap = (StreamCollector(kind), strip_usage, capture)
         return StreamingResponse(self._relay(head.body, stream, slot, tap), media_type="text/event-stream",
                                  headers=headers)
+
+    async def _first_reply(self, kind: str, model: str, payload: dict, request_id: str,
+                           controls: RequestControls) -> tuple[DeploymentResponseGenerator, Reply, int]:
+        """Call the model and wait for its head. Until the head arrives nothing has been sent to the
+        client, so a replica that dies (or cannot be reached) before then is retried on another one:
+        Serve's router drops a replica whose actor died. Capacity refusals are not retried."""
+        retries = self._models[model].retries
+        for attempt in range(retries + 1):
+            stream: DeploymentResponseGenerator = self._streams[model].generate.remote(
+                kind, payload, request_id, session_id=controls.session_id, deadline=controls.deadline)
+            try:
+                return stream, await stream.__anext__(), attempt
+            except BaseException as e:
+                stream.cancel()
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                retryable = not isinstance(e, (BackPressureError, DeploymentUnavailableError, RequestCancelledError))
+                expired = controls.deadline is not None and time.time() >= controls.deadline
+                if not retryable or attempt == retries or expired:
+                    raise self._unavailable(model, e) from None
+                logger.warning("request %s: replica failed before answering (%r); retrying", request_id, e)
+                serving_metrics.RETRIES.inc(tags={"model": model, "error": type(e).__name__})
+                await asyncio.sleep(_RETRY_BACKOFF_S * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _store(self, capture: tuple[CachePlan, CacheMiss], body: Optional[dict], raw: Optional[str] = None) -> None:
         plan, miss = capture

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncGenerator, Optional
 
+import ray
 from ray import serve
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
@@ -182,9 +183,11 @@ class LLMServer:
         load = self._engine.load()
         return {ENGINE_RUNNING: float(load.running), ENGINE_WAITING: float(load.waiting)}
 
-    def process_info(self) -> dict:
-        """This replica's PID and its engine's PIDs (tests check that engines die with replicas)."""
-        return {"pid": os.getpid(), "engine_pids": self._engine.engine_pids()}
+    def process_info(self, replica: Optional[str] = None) -> dict:
+        """This replica's PID and its engine's PIDs (tests check that engines die with replicas).
+        `replica` pins the call to one replica (read by the router)."""
+        return {"replica": self._replica_id, "pid": os.getpid(), "engine_pids": self._engine.engine_pids(),
+                "node_id": ray.get_runtime_context().get_node_id()}
 
     async def check_health(self) -> None:
         await self._engine.check_health()

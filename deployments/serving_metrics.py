@@ -41,3 +41,9 @@ AUTH_FAILURES = Counter(
     description="Requests refused for a missing or wrong API key (401) or a non-admin key on an admin endpoint (403).",
     tag_keys=("status",),
 )
+RETRIES = Counter(
+    "raygate_retries",
+    description="Model calls made again because a replica failed before answering (nothing had been sent "
+                "to the client yet), by the error.",
+    tag_keys=("model", "error"),
+)

@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.conftest import start_test_app, build_test_app  # noqa: E402
+from tests.integration.shared_app import start_test_app, build_test_app  # noqa: E402
 
 
 def main() -> None:

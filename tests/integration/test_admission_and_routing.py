@@ -126,7 +126,7 @@ def test_requests_sharing_a_system_prompt_go_to_the_replica_that_holds_it(base_u
 
 
 def test_a_configured_system_prompt_is_prefilled_on_every_replica(base_url, routed_model):
-    from tests.integration.conftest import WARM_SYSTEM_PROMPT
+    from tests.integration.shared_app import WARM_SYSTEM_PROMPT
 
     _wait_idle(base_url, routed_model)
     before = _engines(base_url, routed_model)

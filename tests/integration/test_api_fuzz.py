@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
 
-from tests.integration.conftest import TENANT_KEYS
+from tests.integration.shared_app import TENANT_KEYS
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import ADMIN_KEY, LIMITED_RPM, TENANT_KEYS
+from tests.integration.shared_app import ADMIN_KEY, LIMITED_RPM, TENANT_KEYS
 
 pytestmark = pytest.mark.integration
 

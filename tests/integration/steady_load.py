@@ -1,0 +1,80 @@
+"""Steady load through the HTTP API while a test breaks something, and the checks that nothing was lost:
+every non-streaming request answered 200 (some after being sent again: `x-raygate-retries`), every
+stream ended with [DONE], normally or after an SSE error event, never cut off silently."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+HIGH = {"x-raygate-priority": "high"}  # small test queues: high priority may fill all of them
+
+
+def body(model: str, i: int, stream: bool) -> dict:
+    return {"model": model, "stream": stream, "max_tokens": 2000 if stream else 48, "ignore_eos": True,
+            "cache": {"mode": "off"}, "messages": [{"role": "user", "content": f"steady load {i}"}]}
+
+
+@dataclass
+class LoadResult:
+    plain: list[tuple[int, int, str]] = field(default_factory=list)  # status, retries, body head
+    streams: list[tuple[int, list[str], int]] = field(default_factory=list)  # status, data lines, retries
+    stream_replica: str | None = None  # the replica serving the stream in flight now (x-raygate-replica)
+
+    def check(self) -> tuple[int, int]:
+        """Assert nothing was lost; returns (non-streaming requests sent again, streams ended by an
+        error event). Streams sent again before their first byte are in `stream_retries`."""
+        assert self.plain and all(s == 200 for s, _, _ in self.plain), [p for p in self.plain if p[0] != 200]
+        retried = sum(1 for _, n, _ in self.plain if n)
+        interrupted = 0
+        for status, events, _ in self.streams:
+            assert status == 200 and events and events[-1] == "[DONE]", events[-3:]
+            chunks = [json.loads(e) for e in events[:-1]]
+            if any("error" in c for c in chunks):
+                interrupted += 1
+            else:
+                last = chunks[-1]
+                assert last.get("usage") or last["choices"][-1]["finish_reason"], last
+        return retried, interrupted
+
+    @property
+    def stream_retries(self) -> int:
+        return sum(1 for _, _, n in self.streams if n)
+
+
+async def _plain(http, url, model, until, out: LoadResult, worker: int):
+    i = 0
+    while time.monotonic() < until:
+        r = await http.post(url, json=body(model, worker * 100_000 + i, False), headers=HIGH)
+        out.plain.append((r.status_code, int(r.headers.get("x-raygate-retries", 0)), r.text[:200]))
+        i += 1
+
+
+async def _streams(http, url, model, until, out: LoadResult):
+    i = 0
+    while time.monotonic() < until:
+        async with http.stream("POST", url, json=body(model, 10_000_000 + i, True), headers=HIGH) as r:
+            out.stream_replica = r.headers.get("x-raygate-replica")
+            events = [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
+            out.stream_replica = None
+        out.streams.append((r.status_code, events, int(r.headers.get("x-raygate-retries", 0))))
+        i += 1
+
+
+async def under_load(base_url: str, model: str, seconds: float, break_at_s: float, breaker,
+                     plain_workers: int = 3, stream_workers: int = 1) -> LoadResult:
+    """Run the load for `seconds`; call `breaker(result_so_far)` (in a thread) `break_at_s` into it."""
+    out = LoadResult()
+    url = base_url + "/v1/chat/completions"
+    async with httpx.AsyncClient(timeout=120) as http:
+        until = time.monotonic() + seconds
+        tasks = [asyncio.create_task(_plain(http, url, model, until, out, w)) for w in range(plain_workers)]
+        tasks += [asyncio.create_task(_streams(http, url, model, until, out)) for _ in range(stream_workers)]
+        await asyncio.sleep(break_at_s)
+        await asyncio.to_thread(breaker, out)
+        await asyncio.gather(*tasks)
+    return out

@@ -1,0 +1,102 @@
+"""A replica killed under steady load: no non-streaming request is lost (one whose replica dies before
+its answer is sent again, to the other replica), every interrupted stream ends with an SSE error
+event and [DONE] (never a silent truncation), the dead replica's engine dies with it, and Serve
+replaces the replica. Runs on the two-replica model, killing once where a non-streaming request is
+in flight and once where a stream is."""
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.integration.steady_load import body, under_load
+
+pytestmark = pytest.mark.integration
+
+
+def _replicas(base_url, model) -> list[str]:
+    listing = httpx.get(base_url + "/admin/models", timeout=60).json()["models"][model]
+    return [r["replica"] for r in listing["replicas"] if "replica" in r and "error" not in r]
+
+
+def _two_replicas(base_url, model, without: str | None = None, timeout_s: float = 300) -> list[str]:
+    """Wait until the model has 2 replicas (none of them `without`): Serve replaced a dead one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = _replicas(base_url, model)
+        if len(now) == 2 and without not in now:
+            return now
+        assert time.monotonic() < deadline, f"the model does not have 2 replicas: {now}"
+        time.sleep(3)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _kill_replica_under_load(base_url, model, handle, serving_the_stream: bool):
+    """Steady load on the two-replica model; 8 s in, SIGKILL the replica that serves the stream in
+    flight, or the other one once its engine runs a (non-streaming) request. Returns the load's result
+    after the replica has been replaced."""
+    before = _two_replicas(base_url, model)
+    killed = {}
+
+    def kill(load):
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, "no request in flight to aim at"
+            streaming_on = load.stream_replica  # the replica whose stream has started (None between streams)
+            if streaming_on in before:
+                # The stream's replica while its engine still generates; or the other replica once its
+                # engine runs a request while the stream is still on the first: a non-streaming one.
+                target = streaming_on if serving_the_stream else next(r for r in before if r != streaming_on)
+                busy = handle.engine_stats.remote(replica=target).result()["unfinished"] >= 1
+                if busy and load.stream_replica == streaming_on:
+                    break
+            time.sleep(0.02)
+        info = handle.process_info.remote(replica=target).result()
+        assert info["replica"] == target
+        killed.update(info, engines=[p for p in info["engine_pids"] if _alive(p)], at=time.monotonic())
+        os.kill(info["pid"], signal.SIGKILL)  # no clean-up code of the replica runs
+
+    load = asyncio.run(under_load(base_url, model, seconds=30, break_at_s=8, breaker=kill))
+    # The dead replica's engine died with it, and Serve brought the deployment back to 2 replicas.
+    assert killed["engines"]
+    while any(_alive(p) for p in killed["engines"]) and time.monotonic() < killed["at"] + 20:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in killed["engines"]), "engine processes outlived their replica"
+    _two_replicas(base_url, model, without=killed["replica"])
+    r = httpx.post(base_url + "/v1/chat/completions", json=body(model, -1, False), timeout=60)
+    assert r.status_code == 200
+    return load
+
+
+@pytest.fixture
+def routed_handle(ray_context, routed_model):
+    from ray import serve
+
+    from deployments.config import llm_deployment_name
+
+    return serve.get_deployment_handle(llm_deployment_name(routed_model), app_name="raygate")
+
+
+def test_a_request_whose_replica_dies_is_answered_by_another(base_url, routed_model, routed_handle):
+    load = _kill_replica_under_load(base_url, routed_model, routed_handle, serving_the_stream=False)
+    retried, _ = load.check()  # every non-streaming request answered 200
+    print(f"non-streaming: {len(load.plain)} answered, {retried} retried")
+    assert retried >= 1, "the killed replica was serving a non-streaming request: it must have been sent again"
+
+
+def test_a_stream_whose_replica_dies_ends_with_an_error_event(base_url, routed_model, routed_handle):
+    load = _kill_replica_under_load(base_url, routed_model, routed_handle, serving_the_stream=True)
+    retried, interrupted = load.check()  # and still every non-streaming request answered 200
+    print(f"streams: {len(load.streams)}, {interrupted} ended by an error event; non-streaming: "
+          f"{len(load.plain)} answered, {retried} retried")
+    assert interrupted >= 1, "the stream in flight on the killed replica must end with an error event"
