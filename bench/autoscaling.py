@@ -31,7 +31,8 @@ POLICY = {"policy_function": "deployments.autoscaling:QueueLengthPolicy",
 def _autoscaling(args) -> dict:
     return {"min_replicas": 1, "max_replicas": args.max_replicas, "initial_replicas": 1,
             "target_ongoing_requests": args.target, "upscale_delay_s": args.upscale_delay_s,
-            "downscale_delay_s": args.downscale_delay_s, "look_back_period_s": 15, "policy": POLICY}
+            "downscale_delay_s": args.downscale_delay_s, "metrics_interval_s": args.metrics_interval_s,
+            "look_back_period_s": max(10.0, 2 * args.metrics_interval_s), "policy": POLICY}
 
 
 async def _streams(url: str, model: str, concurrency: int, until: float, max_tokens: int, counts: dict) -> None:
@@ -143,6 +144,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--target", type=float, default=4, help="target_ongoing_requests")
     p.add_argument("--upscale-delay-s", type=float, default=5)
     p.add_argument("--downscale-delay-s", type=float, default=30)
+    p.add_argument("--metrics-interval-s", type=float, default=2, help="how often load is reported to Serve")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "autoscaling.json")
     args = p.parse_args(argv)
     import ray
@@ -200,7 +202,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     print(f"\n{'':<44}{'measured':>10}   target")
     print(f"{'replicas at peak':<44}{peak:>10}   >= 2")
     print(f"{'load step -> scale-up decision (s)':<44}{str(results['scale_up_decision_s']):>10}   "
-          f"<= upscale delay {args.upscale_delay_s:g} s + metrics lag")
+          f"<= upscale delay {args.upscale_delay_s:g} s + metrics interval {args.metrics_interval_s:g} s")
     print(f"{'decision -> 2nd replica running (s)':<44}{str(results['replica_start_s']):>10}   replica start time")
     print(f"{'load step -> 2nd replica running (s)':<44}{str(results['second_replica_running_s']):>10}")
     print(f"{'load stop -> back to 1 replica (s)':<44}{str(results['back_to_one_after_load_s']):>10}   "

@@ -29,6 +29,10 @@ _ERRORS = {
     "503": "No capacity (queue full, deadline passed, no replica); see Retry-After.",
 }
 _API_KEY = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+# One server-sent event of a streamed completion (before OpenAPI 3.2 the schema describes each event):
+# `data` is a JSON chunk in OpenAI's stream format, an OpenAI error object, or `[DONE]`.
+_SSE_EVENT = {"type": "object", "required": ["data"],
+              "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}}}
 
 
 def _schema(name: str) -> dict:
@@ -46,7 +50,7 @@ def _generation(request: str, response: str) -> dict:
         "responses": {
             "200": {"description": "The completion, or with `stream: true` its SSE stream.",
                     "content": {"application/json": {"schema": _schema(response)},
-                                "text/event-stream": {"schema": {"type": "string"}}}},
+                                "text/event-stream": {"schema": _SSE_EVENT}}},
             **_errors("400", "401", "404", "413", "429", "503"),
         },
         "security": [{"bearerAuth": []}],
