@@ -125,7 +125,11 @@ def register_running(srv: Raygate) -> None:
 def stop_shared_app() -> None:
     """Stop the shared app now (tests that need a cluster of their own call it); a no-op if none runs."""
     import ray
+    from ray._private import auto_init_hook
 
+    # Handles this process made keep pushing autoscaling metrics after `ray.shutdown()`, and Ray would
+    # answer their next call by starting a new local cluster in this process: no more auto-init.
+    auto_init_hook.enable_auto_connect = False
     ray.shutdown()
     while _running:
         left = _running.pop().stop()

@@ -84,27 +84,32 @@ def _until_hit(secure_url, tenant, body, timeout_s=10.0):
         time.sleep(0.3)
 
 
+# Not served from the cache: generated (a lookup slower than cache.lookup_timeout_s on a loaded host
+# counts as a bypass, which is generated too).
+GENERATED = ("miss", "bypass")
+
+
 def test_one_tenants_cached_answer_never_reaches_another(secure_url):
     body = chat(f"What is the capital of Atlantis? ({uuid.uuid4().hex[:8]})")
     label, first = _ask(secure_url, "team-a", body)
-    assert label == "miss"
+    assert label in GENERATED
     label, again = _until_hit(secure_url, "team-a", body)
     assert label == "hit-exact" and again == first
-    # The identical request from another tenant is a miss: generated for it, never served team-a's entry.
+    # The identical request from another tenant is generated for it, never served team-a's entry.
     label, _ = _ask(secure_url, "team-c", body)
-    assert label == "miss"
+    assert label in GENERATED
 
 
 def test_tenants_that_share_a_cache_scope_share_answers(secure_url):
     body = chat(f"Name a prime number above {uuid.uuid4().int % 1000}.")
     label, first = _ask(secure_url, "partner-1", body)
-    assert label == "miss"
+    assert label in GENERATED
     label, _ = _until_hit(secure_url, "partner-1", body)
     assert label == "hit-exact"
-    label, shared = _ask(secure_url, "partner-2", body)  # explicit opt-in: the same cache_scope
+    label, shared = _until_hit(secure_url, "partner-2", body)  # explicit opt-in: the same cache_scope
     assert label == "hit-exact" and shared == first
     label, _ = _ask(secure_url, "team-a", body)  # everyone else: not shared
-    assert label == "miss"
+    assert label in GENERATED
 
 
 async def test_rate_limit_holds_across_two_ingress_replicas(secure_url):
