@@ -63,6 +63,8 @@ def secure_app_config(main_app: dict, first_model: dict, redis_port: int) -> dic
     app.update(name="raygate-secure", route_prefix=SECURE_PREFIX)
     model = copy.deepcopy(first_model)
     model["num_cpus"] = 0.1
+    model["deployment"].pop("autoscaling_config", None)  # one fixed replica: less background work
+    model["deployment"]["num_replicas"] = 1
     args = app["args"]
     args["models"] = [model]
     args["ingress"]["deployment"] = {"num_replicas": 2, "max_ongoing_requests": 1024}
