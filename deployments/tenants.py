@@ -66,15 +66,12 @@ def apply_caps(kind: str, payload: dict[str, Any], tenant: Tenant) -> None:
         if n is not None and n > s.max_n:
             raise APIError(400, f"'n' is {n}; this API key allows at most {s.max_n}.", param="n")
     if s.max_tokens is not None:
-        asked = False
         for field in ("max_tokens", "max_completion_tokens"):
             value = _int_field(payload, field)
-            if value is not None:
-                asked = True
-                if value > s.max_tokens:
-                    raise APIError(400, f"'{field}' is {value}; this API key allows at most {s.max_tokens}.",
-                                   param=field)
-        if not asked and payload.get("max_tokens") is None and payload.get("max_completion_tokens") is None:
+            if value is not None and value > s.max_tokens:
+                raise APIError(400, f"'{field}' is {value}; this API key allows at most {s.max_tokens}.",
+                               param=field)
+        if payload.get("max_tokens") is None and payload.get("max_completion_tokens") is None:
             payload["max_completion_tokens" if kind == "chat" else "max_tokens"] = s.max_tokens
 
 
