@@ -106,13 +106,15 @@ class Traffic:
                 body = self._chat(f"stream {self.n}", stream=True, max_tokens=64 if kind == "stream" else 400,
                                   ignore_eos=True, cache={"mode": "off"})
                 async with http.stream("POST", url, json=body, headers=auth) as r:
-                    lines, line = 0, ""
+                    lines, last = 0, ""
                     async for line in r.aiter_lines():
                         lines += 1
+                        if line:  # SSE separates events with blank lines
+                            last = line
                         if kind == "cancel" and lines >= 6:
                             break  # the client goes away mid-stream
-                    if kind == "stream" and r.status_code == 200 and line != "data: [DONE]":
-                        self.unexpected.append(f"stream ended without [DONE]: {line[:80]}")
+                    if kind == "stream" and r.status_code == 200 and last != "data: [DONE]":
+                        self.unexpected.append(f"stream ended without [DONE]: {last[:80]}")
             elif kind == "bad":
                 choice = self.rng.randrange(4)
                 if choice == 0:
