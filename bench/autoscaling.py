@@ -37,7 +37,10 @@ def _autoscaling(args) -> dict:
             "look_back_period_s": max(10.0, 2 * args.metrics_interval_s), "policy": POLICY}
 
 
-async def _streams(url: str, model: str, concurrency: int, until: float, max_tokens: int, counts: dict) -> None:
+async def _streams(url: str, model: str, concurrency: int, until: float, max_tokens: int, counts: dict,
+                   first_tokens: Optional[list] = None) -> None:
+    """`concurrency` clients streaming one request after another until `until`; `first_tokens`
+    collects when each request's first chunk arrived (its first token was generated: it runs)."""
     import httpx
 
     body = {"model": model, "max_tokens": max_tokens, "ignore_eos": True, "stream": True, "cache": {"mode": "off"},
@@ -47,8 +50,11 @@ async def _streams(url: str, model: str, concurrency: int, until: float, max_tok
             while time.monotonic() < until:
                 try:
                     async with client.stream("POST", url, json=body) as r:
-                        async for _ in r.aiter_lines():
-                            pass
+                        first = True
+                        async for line in r.aiter_lines():
+                            if first and line and first_tokens is not None:
+                                first_tokens.append(time.monotonic())
+                            first = first and not line
                     counts[r.status_code] = counts.get(r.status_code, 0) + 1
                 except httpx.HTTPError as e:
                     counts[type(e).__name__] = counts.get(type(e).__name__, 0) + 1
@@ -196,7 +202,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
         sampler.start()
         asyncio.run(_streams(url, model, 1, t0 + args.idle_s, args.max_tokens, counts))
         load_start = time.monotonic() - t0
-        asyncio.run(_streams(url, model, args.streams, t0 + args.idle_s + args.load_s, args.max_tokens, counts))
+        first_tokens: list[float] = []
+        asyncio.run(_streams(url, model, args.streams, t0 + args.idle_s + args.load_s, args.max_tokens, counts,
+                             first_tokens))
         load_end = time.monotonic() - t0
         time.sleep(args.cooldown_s)
         sampler.stop_event.set()
@@ -217,7 +225,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
     running2 = (logged["replica_started"] or [None])[0]
     if running2 is None:
         running2 = _first(samples, load_start, lambda s: s.get("running", 0) >= 2)
+    # When the load was at the deployment: the policy wants a second replica once more than
+    # `target` requests run, so the moment the (target+1)-th stream had its first token. Between
+    # the client's step and then, requests cross HAProxy and the ingress on a loaded host.
+    need = int(args.target) + 1
+    at_server = (sorted(first_tokens)[need - 1] - t0) if len(first_tokens) >= need else None
     detection = None if decided is None else decided - load_start - args.upscale_delay_s
+    autoscaler_lag = None if decided is None or at_server is None else decided - at_server - args.upscale_delay_s
     target = None if decided is None or running2 is None else args.upscale_delay_s + (running2 - decided)
     back = _first(samples, load_end, lambda s: s.get("running", 0) + s.get("starting", 0) <= 1
                   and s.get("stopping", 0) == 0)
@@ -230,6 +244,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "second_replica_running_s": None if running2 is None else round(running2 - load_start, 1),
         "replica_start_s": None if decided is None or running2 is None else round(running2 - decided, 1),
         "detection_lag_s": None if detection is None else round(detection, 1),
+        "load_at_deployment_s": None if at_server is None else round(at_server - load_start, 2),
+        "autoscaler_lag_s": None if autoscaler_lag is None else round(autoscaler_lag, 2),
+        "second_replica_running_after_load_at_deployment_s":
+            None if running2 is None or at_server is None else round(running2 - at_server, 1),
         "target_s": None if target is None else round(target, 1),
         "met": None if target is None else bool(running2 - load_start <= target + 0.05),
         "timed_from": "controller log" if logged["upscale"] and logged["replica_started"] else "samples",
@@ -250,6 +268,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
           f"<= delay + start = {results['target_s']} s: {'met' if results['met'] else 'MISSED'}")
     print(f"{'  of which detection lag (s)':<44}{str(results['detection_lag_s']):>10}   "
           f"(decision - load step - upscale delay; timed from the {results['timed_from']})")
+    print(f"{'  load step -> load at the deployment (s)':<44}{str(results['load_at_deployment_s']):>10}   "
+          f"(the {need}th stream's first token: more than target={args.target:g} running)")
+    print(f"{'  autoscaler lag after that (s)':<44}{str(results['autoscaler_lag_s']):>10}   "
+          f"(decision - load at the deployment - upscale delay)")
+    print(f"{'load at deployment -> 2nd replica running (s)':<44}"
+          f"{str(results['second_replica_running_after_load_at_deployment_s']):>10}   "
+          f"<= delay + start = {results['target_s']} s")
     print(f"{'load stop -> back to 1 replica (s)':<44}{str(results['back_to_one_after_load_s']):>10}   "
           f"downscale delay {args.downscale_delay_s:g} s + drain")
     print(f"responses: {results['responses']}")
