@@ -249,7 +249,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "second_replica_running_after_load_at_deployment_s":
             None if running2 is None or at_server is None else round(running2 - at_server, 1),
         "target_s": None if target is None else round(target, 1),
-        "met": None if target is None else bool(running2 - load_start <= target + 0.05),
+        # The target is the autoscaler's: delay + start after the load is at the deployment. From the
+        # client's step it also includes the requests' transit to the engine (reported, not hidden).
+        "met": None if target is None or at_server is None else bool(running2 - at_server <= target + 0.05),
+        "met_from_client_step": None if target is None else bool(running2 - load_start <= target + 0.05),
         "timed_from": "controller log" if logged["upscale"] and logged["replica_started"] else "samples",
         "controller_events_s": logged,
         "back_to_one_after_load_s": None if back is None else round(back - load_end, 1),
@@ -265,7 +268,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
           f"<= upscale delay {args.upscale_delay_s:g} s + metrics interval {args.metrics_interval_s:g} s")
     print(f"{'decision -> 2nd replica running (s)':<44}{str(results['replica_start_s']):>10}   replica start time")
     print(f"{'load step -> 2nd replica running (s)':<44}{str(results['second_replica_running_s']):>10}   "
-          f"<= delay + start = {results['target_s']} s: {'met' if results['met'] else 'MISSED'}")
+          f"<= delay + start = {results['target_s']} s from the client's step: "
+          f"{'met' if results['met_from_client_step'] else 'MISSED'}")
     print(f"{'  of which detection lag (s)':<44}{str(results['detection_lag_s']):>10}   "
           f"(decision - load step - upscale delay; timed from the {results['timed_from']})")
     print(f"{'  load step -> load at the deployment (s)':<44}{str(results['load_at_deployment_s']):>10}   "
@@ -274,7 +278,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
           f"(decision - load at the deployment - upscale delay)")
     print(f"{'load at deployment -> 2nd replica running (s)':<44}"
           f"{str(results['second_replica_running_after_load_at_deployment_s']):>10}   "
-          f"<= delay + start = {results['target_s']} s")
+          f"<= delay + start = {results['target_s']} s: {'met' if results['met'] else 'MISSED'}")
     print(f"{'load stop -> back to 1 replica (s)':<44}{str(results['back_to_one_after_load_s']):>10}   "
           f"downscale delay {args.downscale_delay_s:g} s + drain")
     print(f"responses: {results['responses']}")
