@@ -105,6 +105,9 @@ class ModelConfig(BaseModel):
     # A replica that fails before its first byte reaches the client (it died, or could not be
     # reached): the request is sent again, to another replica, up to this many times.
     retries: int = Field(default=2, ge=0, le=10)
+    # vLLM's own Prometheus series (TTFT, ITL, E2E and queue histograms, KV-cache and prefix-cache
+    # use) exported through Ray's metrics agent as `ray_vllm_*`, tagged with the replica.
+    engine_metrics: bool = True
 
     @property
     def name(self) -> str:

@@ -152,10 +152,15 @@ class LLMEngine:
             kwargs["tokenizer"] = cfg.tokenizer
         args = AsyncEngineArgs(**kwargs)
         vllm_config = args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        stat_loggers: list = [_LoadTracker]
+        if cfg.engine_metrics:
+            from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+            stat_loggers.append(RayPrometheusStatLogger)
         engine = CoalescingAsyncLLM.from_vllm_config(
             vllm_config,
             usage_context=UsageContext.OPENAI_API_SERVER,
-            stat_loggers=[_LoadTracker],
+            stat_loggers=stat_loggers,
             enable_log_requests=False,
             disable_log_stats=False,
         )

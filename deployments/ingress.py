@@ -196,8 +196,12 @@ class Ingress:
     # ---- request path -----------------------------------------------------------------------
 
     async def _serve(self, kind: str, request: Request) -> Response:
+        started = time.perf_counter()
         response = await self._serve_request(kind, request)
         response.headers.update(_ingress_headers())
+        cache_result = response.headers.get(CACHE_HEADER, "")
+        source = "cache" if cache_result.startswith("hit") or cache_result == "coalesced" else "model"
+        serving_metrics.observe_latency(response, getattr(request.state, "model", ""), source, started)
         return response
 
     async def _serve_request(self, kind: str, request: Request) -> Response:
@@ -214,6 +218,7 @@ class Ingress:
             raise APIError(400, "Invalid value for 'model': expected a string.", param="model")
         if model not in self._streams:
             raise APIError(404, f"The model `{model}` does not exist.", param="model")
+        request.state.model = model  # for the latency series
         check_request(kind, payload)
         apply_caps(kind, payload, tenant)
         options = parse_request_options(payload.pop("cache", None))

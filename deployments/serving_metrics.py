@@ -1,9 +1,33 @@
-"""Prometheus series of admission control, deadlines and tenant limits (`ray_raygate_admission_*`,
-`ray_raygate_deadline_*`, `ray_raygate_rate_limit*`, `ray_raygate_auth_failures`)."""
+"""Prometheus series of the ingress: latency as the client sees it, admission control, deadlines and
+tenant limits (`ray_raygate_request_seconds`, `ray_raygate_first_chunk_seconds`,
+`ray_raygate_admission_*`, `ray_raygate_deadline_*`, `ray_raygate_rate_limit*`, `ray_raygate_auth_failures`).
+
+The engine's own view (TTFT, ITL, E2E inside vLLM, its queues and caches) is vLLM's series,
+exported by the replicas as `ray_vllm_*` (ModelConfig.engine_metrics)."""
 
 from __future__ import annotations
 
-from ray.util.metrics import Counter, Gauge
+import time
+from typing import AsyncIterator
+
+from ray.util.metrics import Counter, Gauge, Histogram
+from starlette.responses import Response, StreamingResponse
+
+_LATENCY_BOUNDARIES = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
+REQUEST_SECONDS = Histogram(
+    "raygate_request_seconds",
+    description="Successful requests, from arrival at the ingress to the end of the response body, by model, "
+                "by what answered (model or cache) and whether it streamed.",
+    boundaries=_LATENCY_BOUNDARIES,
+    tag_keys=("model", "source", "stream"),
+)
+FIRST_CHUNK_SECONDS = Histogram(
+    "raygate_first_chunk_seconds",
+    description="Streamed requests, from arrival at the ingress to the first SSE chunk sent: the time to first "
+                "token as the client sees it (less the network), by model and by what answered.",
+    boundaries=_LATENCY_BOUNDARIES,
+    tag_keys=("model", "source"),
+)
 
 REJECTIONS = Counter(
     "raygate_admission_rejections",
@@ -47,3 +71,32 @@ RETRIES = Counter(
                 "to the client yet), by the error.",
     tag_keys=("model", "error"),
 )
+
+
+def observe_latency(response: Response, model: str, source: str, started: float) -> None:
+    """Record a successful response's latency; a stream's when its first chunk and its end are sent."""
+    if response.status_code != 200:
+        return
+    if not isinstance(response, StreamingResponse):
+        REQUEST_SECONDS.observe(time.perf_counter() - started, tags={"model": model, "source": source, "stream": "no"})
+        return
+    response.body_iterator = _timed(response.body_iterator, model, source, started)
+
+
+_DONE = "data: [DONE]\n\n"
+
+
+async def _timed(chunks: AsyncIterator, model: str, source: str, started: float) -> AsyncIterator:
+    """A stream is complete when its `[DONE]` chunk is sent: clients stop reading there (and may hang
+    up before the server sees its body end). One that ends in an error event is not a success."""
+    first, ended = True, False
+    async for chunk in chunks:
+        if first:
+            first = False
+            FIRST_CHUNK_SECONDS.observe(time.perf_counter() - started, tags={"model": model, "source": source})
+        if not ended and isinstance(chunk, str) and chunk.endswith(_DONE):
+            ended = True
+            if not chunk.startswith('data: {"error"'):
+                REQUEST_SECONDS.observe(time.perf_counter() - started,
+                                        tags={"model": model, "source": source, "stream": "yes"})
+        yield chunk

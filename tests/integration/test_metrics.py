@@ -1,0 +1,105 @@
+"""Prometheus metrics of a live app: scraped from Ray's metrics agents while it serves traffic.
+
+Every deployment's series (the ingress's latency and admission, the cache's lookups, the router's
+decisions, vLLM's engine histograms, Serve's own) reach Prometheus through Ray's metrics export;
+this test scrapes each node's agent before and after a burst of traffic and checks that the series
+moved, and that every series the Grafana dashboard reads is really exported.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import time
+import uuid
+
+import httpx
+import pytest
+
+from tests.integration.shared_app import REPO
+
+pytestmark = pytest.mark.integration
+
+# Counters that move only on refusals this test does not provoke (overload, a tenant over its limit):
+# their names are checked against the code in tests/unit/test_grafana_dashboard.py instead.
+EVENT_ONLY = {"ray_raygate_admission_rejections_total", "ray_raygate_rate_limited_total"}
+
+
+def scrape() -> dict[str, dict[tuple, float]]:
+    """Every sample of every alive node's metrics agent: name -> {sorted labels: value}."""
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[tuple, float]] = collections.defaultdict(dict)
+    for node in ray.nodes():
+        if not node["Alive"]:
+            continue
+        text = httpx.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                out[s.name][tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    return sum(v for k, v in samples.get(name, {}).items() if labels.items() <= dict(k).items())
+
+
+def _traffic(base_url: str, secure_url: str, model: str) -> None:
+    chat = base_url + "/v1/chat/completions"
+    unique = uuid.uuid4().hex
+    body = {"model": model, "messages": [{"role": "user", "content": f"metrics probe {unique}"}],
+            "temperature": 0, "max_tokens": 8}
+    for _ in range(2):  # a miss, then an exact hit once the write-back has landed
+        assert httpx.post(chat, json=body, timeout=60).status_code == 200
+        time.sleep(1.0)
+    # Two chats under one long system prompt: the second finds its prefix in the engine's KV cache.
+    system = f"{unique} " + " ".join(f"rule {i}: answer briefly and politely." for i in range(40))
+    for question in ("first question", "second question"):
+        shared = {**body, "cache": {"mode": "off"},
+                  "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]}
+        assert httpx.post(chat, json=shared, timeout=60).status_code == 200
+    stream = {**body, "stream": True, "cache": {"mode": "off"}, "max_tokens": 16}
+    with httpx.stream("POST", chat, json=stream, timeout=60) as r:
+        assert r.status_code == 200
+        assert any(line == "data: [DONE]" for line in r.iter_lines())
+    assert httpx.get(secure_url + "/v1/models", headers={"Authorization": "Bearer sk-wrong"}, timeout=10).status_code == 401
+
+
+def test_series_move_while_the_app_serves(ray_context, base_url, secure_url, model_name):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import render_grafana
+
+    before = scrape()
+    _traffic(base_url, secure_url, model_name)
+    moved = {
+        "ingress latency, from the model": lambda s: total(s, "ray_raygate_request_seconds_count",
+                                                           model=model_name, source="model", stream="no"),
+        "ingress latency, from the cache": lambda s: total(s, "ray_raygate_request_seconds_count",
+                                                           model=model_name, source="cache"),
+        "first chunk of a stream": lambda s: total(s, "ray_raygate_first_chunk_seconds_count", model=model_name),
+        "streamed to the end": lambda s: total(s, "ray_raygate_request_seconds_count", stream="yes"),
+        "cache misses": lambda s: total(s, "ray_raygate_cache_lookups_total", result="miss"),
+        "cache exact hits": lambda s: total(s, "ray_raygate_cache_lookups_total", result="hit_exact"),
+        "router decisions": lambda s: total(s, "ray_raygate_router_decisions_total"),
+        "vLLM TTFT": lambda s: total(s, "ray_vllm_time_to_first_token_seconds_count", model_name=model_name),
+        "vLLM ITL": lambda s: total(s, "ray_vllm_inter_token_latency_seconds_count", model_name=model_name),
+        "vLLM E2E": lambda s: total(s, "ray_vllm_e2e_request_latency_seconds_count", model_name=model_name),
+        "vLLM prefix-cache hits": lambda s: total(s, "ray_vllm_prefix_cache_hits_total", model_name=model_name),
+        "auth failures": lambda s: total(s, "ray_raygate_auth_failures_total", status="401"),
+        "HTTP requests at Serve's proxy": lambda s: total(s, "ray_serve_num_http_requests_total"),
+    }
+    # Ray's agents export what the workers reported at their last report interval: poll.
+    deadline, after, still = time.monotonic() + 90, before, list(moved)
+    while still and time.monotonic() < deadline:
+        time.sleep(5)
+        after = scrape()
+        still = [name for name in moved if not moved[name](after) > moved[name](before)]
+    assert not still, f"series that did not move within 90 s: {still}"
+
+    exported = set(after)
+    missing = render_grafana.series_names() - EVENT_ONLY - exported
+    assert not missing, f"the Grafana dashboard reads series nobody exports: {sorted(missing)}"
+    # Gauges are there with their tags: engine queues per replica, healthy replicas per deployment.
+    assert any(dict(k).get("ReplicaId") for k in after["ray_vllm_num_requests_running"])
+    assert total(after, "ray_serve_deployment_replica_healthy", application="raygate", deployment="Ingress") >= 1
