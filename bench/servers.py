@@ -264,3 +264,53 @@ class Raygate(Server):
         # Serve's HAProxy mode runs haproxy in its own session; `ray stop` leaves it holding the port.
         for p in haproxy_processes():
             p.kill()
+
+
+class ServeConfigServer(Server):
+    """Any Serve application started by `serve run` on a generated config file (Ray's defaults otherwise)."""
+
+    def __init__(self, name: str, applications: list[dict], port: int, log_dir: Path, env: Optional[dict] = None):
+        super().__init__(port, log_dir, env)
+        self.name = name
+        cfg = {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
+               "applications": applications}
+        self._config = Path(tempfile.mkdtemp(prefix=f"{name}-")) / "serve_config.yaml"
+        self._config.write_text(yaml.safe_dump(cfg))
+
+    def command(self) -> list[str]:
+        return [str(Path(sys.executable).with_name("serve")), "run", str(self._config)]
+
+    def after_stop(self) -> None:
+        subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+class RayServeLLM(ServeConfigServer):
+    """Ray Serve LLM's OpenAI app (`ray.serve.llm.build_openai_app`) on the same model and engine arguments.
+
+    On a machine without GPUs it must be told so: a placement group with CPU bundles only (its
+    default asks for a GPU), and the replicas' own CPU reservations at 0 so that the engine's bundle
+    fits a small host. `stream_batching_interval_ms` stays at its default (50 ms, like raygate's
+    streaming interval)."""
+
+    def __init__(self, spec: ModelSpec, port: int, log_dir: Path, num_replicas: int = 1):
+        llm_config = {
+            "model_loading_config": {"model_id": spec.name, "model_source": spec.path},
+            "engine_kwargs": dict(spec.engine_args),
+            "placement_group_config": {"bundles": [{"CPU": 1}]},
+            "runtime_env": {"env_vars": {**spec.env, "HF_HUB_OFFLINE": "1"}},
+            "deployment_config": {"num_replicas": num_replicas, "ray_actor_options": {"num_cpus": 0}},
+        }
+        app = {"name": "ray-serve-llm", "route_prefix": "/", "import_path": "ray.serve.llm:build_openai_app",
+               "args": {"llm_configs": [llm_config],
+                        "ingress_deployment_config": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}}}}
+        super().__init__("ray-serve-llm", [app], port, log_dir)
+
+
+class NaiveServer(ServeConfigServer):
+    """The naive baseline (bench/naive_server.py): transformers, one request at a time, behind Serve."""
+
+    def __init__(self, spec: ModelSpec, port: int, log_dir: Path):
+        app = {"name": "naive", "route_prefix": "/", "import_path": "bench.naive_server:build",
+               "args": {"model_path": spec.path, "served_model_name": spec.name}}
+        super().__init__("naive", [app], port, log_dir)

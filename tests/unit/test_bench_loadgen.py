@@ -1,0 +1,119 @@
+"""The peer benchmark's load generator and workloads, against an in-process fake server (httpx
+MockTransport); the real servers are exercised by `python -m bench` itself."""
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from bench import benchmarks_md, loadgen, workloads
+
+
+def _fake_server(seen: list):
+    """Answers a streamed chat with 3 content chunks and usage; a non-streamed one with JSON.
+    A message containing 'boom' gets a 500."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        if "boom" in body["messages"][-1]["content"]:
+            return httpx.Response(500, json={"error": {"message": "boom"}})
+        n = len(body["messages"])
+        if not body.get("stream"):
+            return httpx.Response(200, headers={"x-raygate-cache": "hit-exact"}, json={
+                "choices": [{"message": {"role": "assistant", "content": f"answer{n}"}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 3}})
+        events = [{"choices": [{"delta": {"role": "assistant"}}]}]
+        events += [{"choices": [{"delta": {"content": f"a{n}-{i} "}}]} for i in range(3)]
+        events.append({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3}})
+        text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        return httpx.Response(200, headers={"content-type": "text/event-stream", "x-raygate-cache": "miss"},
+                              content=text.encode())
+    return httpx.MockTransport(handler)
+
+
+def test_streamed_turns_carry_the_real_answers_and_are_measured():
+    seen = []
+    conv = loadgen.Conversation(turns=["first", "second"], system="sys", max_tokens=7)
+    results, duration = asyncio.run(loadgen.run("http://fake", "m", [conv], concurrency=1,
+                                                transport=_fake_server(seen)))
+    assert [r.ok for r in results] == [True, True]
+    assert seen[0]["messages"] == [{"role": "system", "content": "sys"}, {"role": "user", "content": "first"}]
+    # The second turn's history holds the first answer exactly as streamed.
+    assert seen[1]["messages"][2] == {"role": "assistant", "content": "a2-0 a2-1 a2-2 "}
+    assert seen[1]["stream_options"] == {"include_usage": True} and seen[1]["temperature"] == 0
+    r = results[0]
+    assert r.output_tokens == 3 and len(r.itls_s) == 2 and 0 < r.ttft_s <= r.e2e_s <= duration
+
+
+def test_failures_stop_a_conversation_and_are_counted_by_status():
+    seen = []
+    convs = [loadgen.Conversation(turns=["boom", "never sent"]), loadgen.Conversation(turns=["fine"])]
+    results, duration = asyncio.run(loadgen.run("http://fake", "m", convs, concurrency=2, stream=False,
+                                                transport=_fake_server(seen)))
+    assert len(seen) == 2  # the failed conversation's second turn was not sent
+    s = loadgen.summarize(results, duration)
+    assert s["completed"] == 1 and s["failed"] == 1 and s["errors"] == {"500": 1}
+    assert s["cache_hit_rate"] == 1.0  # the one success was a hit
+    assert s["median_ttft_ms"] == s["median_e2el_ms"]  # not streamed: the first byte is the whole answer
+
+
+def test_summary_percentiles_and_throughput():
+    results = [loadgen.Result(True, 200, ttft_s=t, e2e_s=2 * t, output_tokens=11) for t in (0.1, 0.2, 0.3, 0.4)]
+    s = loadgen.summarize(results, duration=2.0)
+    assert s["request_throughput"] == pytest.approx(2.0)
+    assert s["output_throughput"] == pytest.approx(22.0)
+    assert s["median_ttft_ms"] == pytest.approx(250.0)
+    assert s["p99_e2el_ms"] == pytest.approx(794.0)  # 600 + 0.97 * 200 (linear interpolation)
+    assert s["median_tpot_ms"] == pytest.approx(25.0)  # (e2e - ttft) / (tokens - 1)
+
+
+def test_workloads_are_deterministic_and_shaped():
+    a, b = workloads.repeat_heavy(200, seed=3), workloads.repeat_heavy(200, seed=3)
+    assert [c.turns for c in a] == [c.turns for c in b]
+    texts = [c.turns[0] for c in a]
+    top = workloads.QUESTIONS[0][0]
+    assert texts.count(top) > texts.count(workloads.QUESTIONS[-1][0])  # Zipf: the first is the most asked
+    assert len(set(texts)) > len(workloads.QUESTIONS)  # rewordings appear too
+    convs = workloads.shared_prefix(16, groups=4, turns=3, seed=1)
+    assert len({c.system for c in convs}) == 4 and all(len(c.turns) == 3 for c in convs)
+    assert all(len(c.system.split()) > 500 for c in convs)
+
+
+def test_benchmarks_page_renders_a_comparison_with_its_verdicts(tmp_path, monkeypatch):
+    row = loadgen.summarize([loadgen.Result(True, 200, ttft_s=0.1, e2e_s=0.5, output_tokens=9)], 1.0)
+    row["peak_memory_mib"] = 2048.0
+    data = {"kind": "comparison", "command": "python -m bench", "time": "t", "workloads": {"random": "w"},
+            "machine": {"cpus": 2, "memory_gib": 24, "platform": "linux"}, "model": {"name": "m"},
+            "results": {"random": {"raygate": row, "ray-serve-llm": {"error": "did not start: x"}}},
+            "acceptance": [{"target": "T", "measured": "0.5x", "met": False}]}
+    monkeypatch.setattr(benchmarks_md, "RESULTS", tmp_path)
+    (tmp_path / "peers.json").write_text(json.dumps(data))
+    page = benchmarks_md.render()
+    assert "| raygate | 1.00 | 9 | 100 |" in page
+    assert "| ray-serve-llm | did not start: x |" in page
+    assert "| T | 0.5x | **missed** |" in page and "2.0 |" in page
+
+
+def test_peer_verdicts_follow_the_issue_targets():
+    from bench import peers
+
+    def row(tok, ttft, rps=1.0, p99=100.0):
+        return {"output_throughput": tok, "median_ttft_ms": ttft, "request_throughput": rps, "p99_e2el_ms": p99}
+
+    results = {"random": {"raygate": row(96, 90), "vllm-serve": row(100, 80), "ray-serve-llm": row(90, 100)},
+               "repeat-heavy": {"raygate": row(0, 0, rps=30, p99=500), "naive": row(0, 0, rps=2, p99=400)}}
+    verdicts = [v["met"] for v in peers.acceptance(results)]
+    assert verdicts == [True, True, True, False]  # 0.96x; 90 < 100 ms; 96 > 90 tok/s; 15x but a higher p99
+    results["random"]["ray-serve-llm"] = {"error": "did not start"}
+    assert len(peers.acceptance(results)) == 2  # no verdict against a contender that did not run
+
+
+def test_cache_is_off_for_random_and_for_the_nocache_variant_only():
+    from bench import peers
+
+    assert peers.extra_body("raygate", "random") == peers.CACHE_OFF
+    assert peers.extra_body("raygate", "repeat-heavy") is None
+    assert peers.extra_body("raygate-nocache", "repeat-heavy") == peers.CACHE_OFF
+    assert peers.extra_body("vllm-serve", "random") is None  # peers never get raygate's extension field
+    assert peers._share(peers.RandomTokens(256, 128, 64, 0), 0.25).n == 64
