@@ -7,13 +7,15 @@ tests/integration/test_metrics.py; this one needs no cluster.
 import importlib.util
 import json
 import re
+from pathlib import Path
 
 from ray.util.metrics import Counter, Histogram
 
 from cache import metrics as cache_metrics
 from deployments import serving_metrics
 from router import metrics as router_metrics
-from tests.unit.test_k8s_manifests import REPO
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _script():
