@@ -59,6 +59,11 @@ def section_comparison(data: dict) -> list[str]:
                   "every round's figures are in the JSON).", ""]
     for w, rows in data["results"].items():
         lines += [f"### Workload `{w}`: {data['workloads'][w]}", ""] + table(rows) + [""]
+        rounds = data.get("rounds", {}).get(w, {})
+        if any(len(rs) > 1 for rs in rounds.values()):
+            per = "; ".join(f"{n} " + " / ".join(f"{r['output_throughput']:.0f}" for r in rs if "error" not in r)
+                            for n, rs in rounds.items())
+            lines += [f"Output tok/s in each round: {per}.", ""]
     if data.get("acceptance"):
         lines += ["### Targets (computed from this run)", "", "| target | measured | verdict |", "|---|---|---|"]
         lines += [f"| {a['target']} | {a['measured']} | {'met' if a['met'] else '**missed**'} |"
