@@ -61,7 +61,10 @@ def check_request(kind: str, payload: dict[str, Any]) -> None:
         messages = payload.get("messages")
         if messages is None:
             raise APIError(400, "Missing required parameter: 'messages'.", param="messages")
-        if isinstance(messages, list) and not messages:
+        if not isinstance(messages, list):
+            raise APIError(400, f"Invalid value for 'messages': expected an array of messages, not "
+                                f"{type(messages).__name__}.", param="messages")
+        if not messages:
             raise APIError(400, "'messages' must contain at least one message.", param="messages")
     elif "prompt" not in payload and "prompt_embeds" not in payload:
         raise APIError(400, "Missing required parameter: 'prompt'.", param="prompt")
@@ -79,5 +82,7 @@ def validate_request(kind: str, payload: dict[str, Any]) -> OpenAIRequest:
         raise APIError(400, f"Invalid value for '{where}': {first.get('msg')}{more}", param=where or None) from None
     except VLLMValidationError as e:
         raise APIError(400, str(e), param=getattr(e, "parameter", None)) from None
-    except ValueError as e:
-        raise APIError(400, str(e)) from None
+    except (ValueError, TypeError) as e:
+        # Some of vLLM's "before" validators iterate fields they have not type-checked yet
+        # (`messages: 1.5` raises TypeError): still the client's mistake.
+        raise APIError(400, f"Invalid request: {e}") from None
