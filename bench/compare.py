@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import cpu_account
+from bench import cpu_account, vllm_bench
 from bench.servers import REPO, Raygate, Server, VLLMServe, model_spec_from_config
 
 FIELDS = [
@@ -31,17 +31,10 @@ FIELDS = [
 
 
 def run_vllm_bench(server: Server, model: str, tokenizer: str, args, result_file: Path) -> dict:
-    cmd = [
-        sys.executable, "-m", "bench.vllm_bench", "--backend", "openai-chat",
-        "--base-url", server.base_url, "--endpoint", "/v1/chat/completions",
-        "--model", model, "--tokenizer", tokenizer,
-        "--dataset-name", "random", "--random-input-len", str(args.input_len),
-        "--random-output-len", str(args.output_len), "--num-prompts", str(args.num_prompts),
-        "--max-concurrency", str(args.concurrency), "--ignore-eos", "--seed", str(args.seed),
-        "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
-        "--num-warmups", str(args.warmups), "--disable-tqdm",
-        "--save-result", "--result-dir", str(result_file.parent), "--result-filename", result_file.name,
-    ]
+    cmd = vllm_bench.random_command(
+        server.base_url, model, tokenizer, input_len=args.input_len, output_len=args.output_len,
+        num_prompts=args.num_prompts, seed=args.seed, warmups=args.warmups, result_file=result_file,
+        concurrency=args.concurrency)
     before, client0 = cpu_account.snapshot(), cpu_account.children_cpu_s()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     cpu = cpu_account.diff(before, cpu_account.snapshot())

@@ -43,7 +43,7 @@ from typing import Callable, Optional
 
 import psutil
 
-from bench import loadgen, workloads
+from bench import loadgen, vllm_bench, workloads
 from bench.report import write_json
 from bench.servers import (REPO, NaiveServer, Raygate, RayServeLLM, Server, VLLMServe, free_port,
                            model_spec_from_config)
@@ -136,20 +136,13 @@ _VLLM_FIELDS = ("completed", "failed", "duration", "total_input_tokens", "total_
 
 def _vllm_bench(server: Server, spec, work: RandomTokens, concurrency: int, rate: Optional[float],
                 extra: Optional[dict]) -> dict:
-    out_dir = Path(tempfile.mkdtemp(prefix="peers-vllm-bench-"))
-    cmd = [sys.executable, "-m", "bench.vllm_bench", "--backend", "openai-chat", "--base-url", server.base_url,
-           "--endpoint", "/v1/chat/completions", "--model", spec.name, "--tokenizer", spec.path,
-           "--dataset-name", "random", "--random-input-len", str(work.input_len),
-           "--random-output-len", str(work.output_len), "--num-prompts", str(work.n), "--ignore-eos",
-           "--temperature", "0", "--seed", str(work.seed), "--percentile-metrics", "ttft,tpot,itl,e2el",
-           "--metric-percentiles", "50,90,99", "--num-warmups", str(concurrency), "--disable-tqdm",
-           "--save-result", "--result-dir", str(out_dir),
-           "--result-filename", "result.json"]
-    cmd += ["--request-rate", str(rate)] if rate else ["--max-concurrency", str(concurrency)]
-    if extra:
-        cmd += ["--extra-body", json.dumps(extra)]
+    result = Path(tempfile.mkdtemp(prefix="peers-vllm-bench-")) / "result.json"
+    # A rate is an open loop (no concurrency cap); without one, a closed loop at `concurrency`.
+    cmd = vllm_bench.random_command(
+        server.base_url, spec.name, spec.path, input_len=work.input_len, output_len=work.output_len,
+        num_prompts=work.n, seed=work.seed, warmups=concurrency, result_file=result,
+        concurrency=None if rate else concurrency, rate=rate, temperature=0, extra_body=extra)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    result = out_dir / "result.json"
     if proc.returncode != 0 or not result.exists():
         raise RuntimeError(f"vllm bench serve failed ({proc.returncode}): {proc.stderr[-2000:]}")
     raw = json.loads(result.read_text())
@@ -289,7 +282,7 @@ def _median_run(rs: list[dict]) -> dict:
     return out
 
 
-def run_comparison(args, spec) -> dict:
+def run_comparison(args, spec, png: Path) -> dict:
     names = [c for c in args.contenders.split(",") if c]
     loads = [w for w in args.workloads.split(",") if w]
     convs = {w: make_workload(w, args, spec) for w in loads}
@@ -326,7 +319,7 @@ def run_comparison(args, spec) -> dict:
             print(f"  {'met   ' if v['met'] else 'MISSED'} {v['target']}: {v['measured']}")
     out = {"kind": "comparison", "results": results, "acceptance": verdicts, "rounds": runs,
            "workloads": lines}
-    plot_comparison(results, RESULTS / "peers.png")
+    plot_comparison(results, png)
     return out
 
 
@@ -365,21 +358,21 @@ def _sweep(args, spec, points: list[str], point_kwargs: Callable[[str, list], di
     return out, convs
 
 
-def run_concurrency_sweep(args, spec) -> dict:
+def run_concurrency_sweep(args, spec, png: Path) -> dict:
     out, convs = _sweep(args, spec, args.sweep_concurrency.split(","), lambda c, _: {"concurrency": int(c)})
-    plot_sweep(out, "concurrency", "output_throughput", "output tok/s", RESULTS / "peers_concurrency.png")
+    plot_sweep(out, "concurrency", "output_throughput", "output tok/s", png)
     return {"kind": "concurrency_sweep", "results": out, "workload": workload_line("random", args, convs)}
 
 
-def run_rate_sweep(args, spec) -> dict:
+def run_rate_sweep(args, spec, png: Path) -> dict:
     out, convs = _sweep(args, spec, args.sweep_rate.split(","),
                         lambda r, work: {"rate": float(r), "concurrency": work.n})
-    plot_sweep(out, "offered load (req/s, Poisson)", "p99_e2el_ms", "E2E p99 (ms)", RESULTS / "peers_rate.png",
+    plot_sweep(out, "offered load (req/s, Poisson)", "p99_e2el_ms", "E2E p99 (ms)", png,
                extra_metric=("median_ttft_ms", "TTFT p50"))
     return {"kind": "rate_sweep", "results": out, "workload": workload_line("random", args, convs)}
 
 
-def run_ablation(args, spec) -> dict:
+def run_ablation(args, spec, png: Path) -> dict:
     """One workload (shared-prefix chats and repeat-heavy questions together), each feature added in turn."""
     convs = workloads.shared_prefix(args.conversations, seed=args.seed) + workloads.repeat_heavy(
         args.repeat_prompts, seed=args.seed)
@@ -412,7 +405,7 @@ def run_ablation(args, spec) -> dict:
                         f"raygate rows on 2 LLM replicas"}
 
 
-def run_batch_sweep(args, spec) -> dict:
+def run_batch_sweep(args, spec, png: Path) -> dict:
     """raygate's `@serve.batch` around request submission (models.0.submit_batching) on the random workload."""
     convs = make_workload("random", args, spec)
     rows: dict[str, dict] = {}
@@ -512,21 +505,22 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args = p.parse_args(argv)
     spec = model_spec_from_config(Path(args.config))
     if args.sweep_concurrency:
-        out, default = run_concurrency_sweep(args, spec), "peers_concurrency.json"
+        run, default = run_concurrency_sweep, "peers_concurrency.json"
     elif args.sweep_rate:
-        out, default = run_rate_sweep(args, spec), "peers_rate.json"
+        run, default = run_rate_sweep, "peers_rate.json"
     elif args.sweep_batch:
-        out, default = run_batch_sweep(args, spec), "peers_batch.json"
+        run, default = run_batch_sweep, "peers_batch.json"
     elif args.ablation:
-        out, default = run_ablation(args, spec), "peers_ablation.json"
+        run, default = run_ablation, "peers_ablation.json"
     else:
-        out, default = run_comparison(args, spec), "peers.json"
+        run, default = run_comparison, "peers.json"
+    path = Path(args.out) if args.out else RESULTS / default
+    out = run(args, spec, path.with_suffix(".png"))  # plots (where a mode has one) beside the JSON
     out.update(command="python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
                time=time.strftime("%Y-%m-%d %H:%M:%S"),
                machine={"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30),
                         "platform": platform.platform(), "gpu": None},
                model={"name": spec.name, "engine_args": spec.engine_args})
-    path = Path(args.out) if args.out else RESULTS / default
     write_json(path, out)
     from bench import benchmarks_md
 

@@ -87,6 +87,12 @@ def valkey_processes() -> list[psutil.Process]:
     return _processes_matching("valkey-server")
 
 
+def stop_ray() -> None:
+    """`ray stop --force`: the local cluster a `serve run` started ends with it."""
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
 def set_dotted(tree: dict, path: str, value: Any) -> None:
     """Set `a.b.0.c` in nested dicts/lists to `value` (YAML-parsed when it is a string)."""
     keys = path.split(".")
@@ -253,8 +259,7 @@ class Raygate(Server):
         return vllm_processes() + haproxy_processes() + valkey_processes()
 
     def after_stop(self) -> None:
-        subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        stop_ray()
         # Serve's HAProxy mode runs haproxy in its own session; `ray stop` leaves it holding the port.
         for p in haproxy_processes():
             p.kill()
@@ -275,8 +280,7 @@ class ServeConfigServer(Server):
         return [str(Path(sys.executable).with_name("serve")), "run", str(self._config)]
 
     def after_stop(self) -> None:
-        subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        stop_ray()
 
 
 class RayServeLLM(ServeConfigServer):

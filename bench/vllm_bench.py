@@ -6,7 +6,34 @@ Usage: python -m bench.vllm_bench --backend openai-chat --base-url http://127.0.
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
+from typing import Optional
+
+
+def random_command(base_url: str, model: str, tokenizer: str, *, input_len: int, output_len: int, num_prompts: int,
+                   seed: int, warmups: int, result_file: Path, concurrency: Optional[int] = None,
+                   rate: Optional[float] = None, temperature: Optional[float] = None,
+                   extra_body: Optional[dict] = None) -> list[str]:
+    """The command line of one `vllm bench serve` run on its random dataset (openai-chat, streaming,
+    ignore_eos, TTFT/TPOT/ITL/E2E at p50/p90/p99), its result saved as JSON in `result_file`."""
+    cmd = [sys.executable, "-m", "bench.vllm_bench", "--backend", "openai-chat", "--base-url", base_url,
+           "--endpoint", "/v1/chat/completions", "--model", model, "--tokenizer", tokenizer,
+           "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len", str(output_len),
+           "--num-prompts", str(num_prompts), "--ignore-eos", "--seed", str(seed),
+           "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
+           "--num-warmups", str(warmups), "--disable-tqdm", "--save-result",
+           "--result-dir", str(result_file.parent), "--result-filename", result_file.name]
+    if rate:
+        cmd += ["--request-rate", str(rate)]
+    if concurrency:
+        cmd += ["--max-concurrency", str(concurrency)]
+    if temperature is not None:
+        cmd += ["--temperature", str(temperature)]
+    if extra_body:
+        cmd += ["--extra-body", json.dumps(extra_body)]
+    return cmd
 
 
 def main(argv: list[str] | None = None) -> None:
