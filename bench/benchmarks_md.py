@@ -100,7 +100,7 @@ def render() -> str:
     files = {"peers.json": lambda d: section_comparison(d),
              "peers_concurrency.json": lambda d: section_sweep(d, "Throughput against concurrency", "concurrency",
                                                                "peers_concurrency.png"),
-             "peers_rate.json": lambda d: section_sweep(d, "Latency against offered load", "req/s", "peers_rate.png"),
+             "peers_rate.json": lambda d: section_sweep(d, "Latency against offered load", "offered req/s", "peers_rate.png"),
              "peers_ablation.json": lambda d: section_rows(d, "Ablation: what each part adds", "stack"),
              "peers_batch.json": lambda d: section_rows(d, "`@serve.batch` sweep (submission batching)", "setting")}
     found = False

@@ -323,8 +323,8 @@ def run_comparison(args, spec, png: Path) -> dict:
     return out
 
 
-def workload_line(name: str, args, convs) -> str:
-    load = f"Poisson {args.request_rate}/s" if args.request_rate else f"concurrency {args.concurrency}"
+def workload_line(name: str, args, convs, load: Optional[str] = None) -> str:
+    load = load or (f"Poisson {args.request_rate}/s" if args.request_rate else f"concurrency {args.concurrency}")
     if isinstance(convs, RandomTokens):
         return (f"{convs.n} requests, {convs.input_len} random tokens in / {convs.output_len} out (ignore_eos), "
                 f"{load}; client: vllm bench serve")
@@ -361,7 +361,8 @@ def _sweep(args, spec, points: list[str], point_kwargs: Callable[[str, list], di
 def run_concurrency_sweep(args, spec, png: Path) -> dict:
     out, convs = _sweep(args, spec, args.sweep_concurrency.split(","), lambda c, _: {"concurrency": int(c)})
     plot_sweep(out, "concurrency", "output_throughput", "output tok/s", png)
-    return {"kind": "concurrency_sweep", "results": out, "workload": workload_line("random", args, convs)}
+    return {"kind": "concurrency_sweep", "results": out,
+            "workload": workload_line("random", args, convs, load="at each concurrency (closed loop)")}
 
 
 def run_rate_sweep(args, spec, png: Path) -> dict:
@@ -369,7 +370,8 @@ def run_rate_sweep(args, spec, png: Path) -> dict:
                         lambda r, work: {"rate": float(r), "concurrency": work.n})
     plot_sweep(out, "offered load (req/s, Poisson)", "p99_e2el_ms", "E2E p99 (ms)", png,
                extra_metric=("median_ttft_ms", "TTFT p50"))
-    return {"kind": "rate_sweep", "results": out, "workload": workload_line("random", args, convs)}
+    return {"kind": "rate_sweep", "results": out,
+            "workload": workload_line("random", args, convs, load="Poisson arrivals at each rate, no concurrency cap")}
 
 
 def run_ablation(args, spec, png: Path) -> dict:
