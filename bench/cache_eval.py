@@ -16,7 +16,16 @@ cache/matching.py), all anchors in one index as in a live cache. It prints:
 - the same for the plain cosine-threshold baselines (GPTCache / RedisVL style: the last message's
   fp32 embedding, nearest neighbour over every entry, no scope, no checks) at 0.80 and 0.90;
 - a cross-validated figure for raygate: the threshold chosen on 4/5 of the groups, counted on the
-  fifth, so that the reported rate is not one the threshold was fitted to.
+  fifth, so that the reported rate is not one the threshold was fitted to;
+- the same figures with a *reworded* entry: each paraphrase in turn is the stored text, and the
+  anchor, the other paraphrases and the hard negatives are asked. A live cache stores whichever
+  wording came first, and the dataset's hard negatives are one-detail edits of the anchor, so with
+  the anchor stored, "how much of the wording changed" alone separates them from paraphrases; with
+  a reworded entry it does not, and a matcher that relies on it shows here;
+- `edit-sensitive`: raygate's number, negation and order checks, with the content-word check
+  replaced by "cosine >= a + b x lexical overlap" (the more of the stored wording a query keeps,
+  the closer its meaning must be), a and b fitted on the anchor scenario (cross-validated). A
+  candidate that was measured and not adopted; kept here so the reason stays reproducible.
 
 The result also goes to JSON (`--out`).
 """
@@ -25,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import difflib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +48,8 @@ from bench.report import write_json
 from cache.config import CacheConfig, RequestCacheOptions
 from cache.embedder import Embedder
 from cache.keys import plan
-from cache.matching import guarded_neighbours
+from cache.guards import details, mismatch, normalize
+from cache.matching import CANDIDATES, guarded_neighbours
 from cache.store import IndexRecord
 from cache.vector_index import VectorIndex
 
@@ -70,15 +82,25 @@ def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def build(groups: list[dict], config: CacheConfig):
+def build(groups: list[dict], config: CacheConfig, stored: Optional[int] = None):
+    """Entries (one per group: the anchor, or with `stored=i` its i-th paraphrase) and the probes.
+
+    Groups without an i-th paraphrase store nothing (their probes still look, and must not hit)."""
     anchors: list[tuple[str, str]] = []  # (scope, text) per group
     probes: list[Probe] = []
     opts = RequestCacheOptions()
     for gi, g in enumerate(groups):
         history = _conversation(g["id"], "A") if g.get("context_dependent") else []
-        anchor_plan = plan("chat", _request(g["anchor"], g.get("system"), history), opts, config, TENANT)
-        anchors.append((anchor_plan.scope, g["anchor"]))
-        for p in g["paraphrases"]:
+        if stored is None:
+            entry, same = g["anchor"], list(g["paraphrases"])
+        elif stored < len(g["paraphrases"]):
+            entry = g["paraphrases"][stored]
+            same = [g["anchor"]] + [p for i, p in enumerate(g["paraphrases"]) if i != stored]
+        else:
+            entry, same = None, []
+        entry_plan = plan("chat", _request(entry or "", g.get("system"), history), opts, config, TENANT)
+        anchors.append((entry_plan.scope, entry))
+        for p in same:
             probes.append(Probe(gi, p, "paraphrase", plan("chat", _request(p, g.get("system"), history), opts, config, TENANT).scope))
             if g.get("context_dependent"):
                 other = _conversation(g["id"], "B")
@@ -153,6 +175,131 @@ def cross_validate(groups: list[dict], probes, answers_at: dict[float, list], fo
     }
 
 
+def lexical_overlap(a: str, b: str) -> float:
+    """How much wording two texts share: difflib's ratio over their words (1.0: the same words in order)."""
+    wa, wb = (re.findall(r"\w+", normalize(t)) for t in (a, b))
+    return difflib.SequenceMatcher(None, wa, wb).ratio()
+
+
+@dataclass
+class Candidate:
+    group: int
+    similarity: float
+    details_agree: bool  # numbers, negation and order (raygate's guards without the content check)
+    content_equal: bool
+    overlap: float
+
+
+EDIT_FLOOR = 0.6
+EDIT_GRID = [(round(a, 2), round(b, 2)) for a in np.arange(0.3, 0.9, 0.02) for b in np.arange(0.0, 0.8, 0.04)]
+
+
+def edit_candidates(index: VectorIndex, entries: list[tuple[str, Optional[str]]], probe: Probe,
+                    vector: np.ndarray) -> list[Candidate]:
+    out = []
+    for n in index.search(probe.scope, vector, EDIT_FLOOR, k=CANDIDATES):
+        entry = entries[int(n.key)][1]
+        q, c = details(probe.text), details(entry)
+        agree = (q.numbers == c.numbers and q.negations == c.negations
+                 and not (q.segments[0] == c.segments[0] > 0 and q.segments[1] != c.segments[1]))
+        out.append(Candidate(int(n.key), n.similarity, agree, q.content == c.content, lexical_overlap(probe.text, entry)))
+    return out
+
+
+def answers_edit_sensitive(cands: list[Candidate], a: float, b: float) -> Optional[int]:
+    for c in cands:
+        if c.details_agree and (c.content_equal or c.similarity >= a + b * c.overlap):
+            return c.group
+    return None
+
+
+def fit_edit_rule(probes: list[Probe], cands: list[list[Candidate]], groups: set[int], max_false: float = 0.01):
+    best = None
+    for a, b in EDIT_GRID:
+        sc = score(probes, [answers_edit_sensitive(c, a, b) for c in cands], groups)
+        if sc["false_hit_rate"] <= max_false and (best is None or sc["paraphrase_hit_rate"] > best[0]):
+            best = (sc["paraphrase_hit_rate"], float(a), float(b))
+    return best[1:] if best else (1.0, 0.0)
+
+
+def evaluate(groups: list[dict], config: CacheConfig, threshold: float, encode, encode_plain,
+             stored: Optional[int] = None, edit_rule: Optional[tuple[float, float]] = None) -> dict:
+    """Every matcher on one scenario: the anchors stored (`stored=None`) or each group's paraphrase `stored`."""
+    entries, probes = build(groups, config, stored)
+    entry_vecs, probe_vecs = encode([t or "" for _, t in entries]), encode([p.text for p in probes])
+    index = VectorIndex(entry_vecs.shape[1])
+    for gi, ((scope, text), vec) in enumerate(zip(entries, entry_vecs)):
+        if text is not None:
+            index.add(IndexRecord(str(gi), scope, text, vec, float("inf")))
+    answers_at = {t: [answers_raygate(index, p, v, t) for p, v in zip(probes, probe_vecs)]
+                  for t in sorted(set(THRESHOLD_GRID) | {threshold})}
+    out = {"entries": sum(t is not None for _, t in entries),
+           "raygate": {"threshold": threshold, **score(probes, answers_at[threshold])},
+           "raygate_by_threshold": {str(t): {k: v for k, v in score(probes, answers_at[t]).items()
+                                             if k in ("paraphrase_hit_rate", "false_hit_rate", "wrong_answers")}
+                                    for t in THRESHOLD_GRID}}
+    if stored is None:
+        out["raygate_cross_validated"] = cross_validate(groups, probes, answers_at)
+        out["diagnostics"] = diagnose(entries, probes, entry_vecs, probe_vecs, threshold)
+    cands = [edit_candidates(index, entries, p, v) for p, v in zip(probes, probe_vecs)]
+    if edit_rule is None:
+        edit_rule = fit_edit_rule(probes, cands, set(range(len(groups))))
+        out["edit_sensitive_cross_validated"] = cross_validate_edit_rule(groups, probes, cands)
+    out["edit_sensitive"] = {"a": edit_rule[0], "b": edit_rule[1], "floor": EDIT_FLOOR,
+                             **score(probes, [answers_edit_sensitive(c, *edit_rule) for c in cands])}
+    # The baselines are what GPTCache/RedisVL users run: the fp32 model, nearest neighbour, a threshold.
+    plain_entries = encode_plain([t or "" for _, t in entries])
+    plain_entries[[t is None for _, t in entries]] = 0.0
+    plain_probes = encode_plain([p.text for p in probes])
+    for t in BASELINES:
+        out[f"cosine_{t:.2f}"] = {"threshold": t, **score(probes, [answers_baseline(plain_entries, v, t) for v in plain_probes])}
+    return out
+
+
+def diagnose(entries, probes: list[Probe], entry_vecs: np.ndarray, probe_vecs: np.ndarray, threshold: float) -> dict:
+    """Why paraphrases miss their own group's entry (the first check that fails), and how much wording
+    paraphrases and hard negatives keep from the entry (lexical overlap, median)."""
+    reasons: collections.Counter = collections.Counter()
+    overlap: dict[str, list[float]] = {"paraphrase": [], "hard_negative": []}
+    for p, v in zip(probes, probe_vecs):
+        entry = entries[p.group][1]
+        if entry is None or p.kind == "cross":
+            continue
+        overlap["paraphrase" if p.kind == "paraphrase" else "hard_negative"].append(lexical_overlap(p.text, entry))
+        if p.kind == "paraphrase":
+            similar = float(entry_vecs[p.group] @ v) >= threshold
+            reasons[(mismatch(p.text, entry) or "none") if similar else "below threshold"] += 1
+    return {"paraphrase_first_failing_check": dict(reasons.most_common()),
+            "lexical_overlap_median": {k: round(float(np.median(v)), 3) for k, v in overlap.items() if v}}
+
+
+def cross_validate_edit_rule(groups: list[dict], probes: list[Probe], cands: list[list[Candidate]], folds: int = 5) -> dict:
+    """The edit-sensitive rule fitted on 4/5 of the groups, counted on the fifth."""
+    ids = np.random.default_rng(0).permutation(len(groups))
+    parts = [set(int(i) for i in ids[k::folds]) for k in range(folds)]
+    totals = collections.Counter()
+    for k in range(folds):
+        a, b = fit_edit_rule(probes, cands, set().union(*(parts[j] for j in range(folds) if j != k)))
+        sc = score(probes, [answers_edit_sensitive(c, a, b) for c in cands], parts[k])
+        for key in ("paraphrases", "paraphrase_hits", "hard_negatives", "false_hits"):
+            totals[key] += sc[key]
+    return {"folds": folds, "paraphrase_hit_rate": totals["paraphrase_hits"] / max(totals["paraphrases"], 1),
+            "false_hit_rate": totals["false_hits"] / max(totals["hard_negatives"], 1)}
+
+
+def _pooled(runs: list[dict], matcher: str) -> dict:
+    """Totals over the reworded-entry rounds (one round per paraphrase position)."""
+    keys = ("paraphrases", "paraphrase_hits", "hard_negatives", "false_hits", "wrong_answers",
+            "cross_conversation_probes", "cross_conversation_hits")
+    t = {k: sum(r[matcher][k] for r in runs) for k in keys}
+    t["paraphrase_hit_rate"] = t["paraphrase_hits"] / max(t["paraphrases"], 1)
+    t["false_hit_rate"] = t["false_hits"] / max(t["hard_negatives"], 1)
+    return t
+
+
+MATCHERS = ("raygate", "edit_sensitive", "cosine_0.80", "cosine_0.90")
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", type=Path, required=True)
@@ -163,42 +310,47 @@ def main(argv: Optional[list[str]] = None) -> dict:
     config = CacheConfig()
     threshold = args.threshold if args.threshold is not None else config.similarity_threshold
     groups = load(args.dataset)
-    anchors, probes = build(groups, config)
     t0 = time.perf_counter()
     embedder = Embedder(config.embedder.model_path, int8=config.embedder.int8)
-    anchor_vecs = embedder.encode([text for _, text in anchors])
-    probe_vecs = embedder.encode([p.text for p in probes])
-    embed_s = time.perf_counter() - t0
+    plain = Embedder(config.embedder.model_path, int8=False) if config.embedder.int8 else embedder
+    memo: dict[tuple[int, str], np.ndarray] = {}
 
-    index = VectorIndex(embedder.dim)
-    for gi, ((scope, text), vec) in enumerate(zip(anchors, anchor_vecs)):
-        index.add(IndexRecord(str(gi), scope, text, vec, float("inf")))
-    answers_at = {t: [answers_raygate(index, p, v, t) for p, v in zip(probes, probe_vecs)]
-                  for t in sorted(set(THRESHOLD_GRID) | {threshold})}
-    results = {"dataset": str(args.dataset), "groups": len(groups), "embedding_seconds": round(embed_s, 2),
-               "raygate": {"threshold": threshold, **score(probes, answers_at[threshold])},
-               "raygate_cross_validated": cross_validate(groups, probes, answers_at),
-               "raygate_by_threshold": {str(t): {k: v for k, v in score(probes, answers_at[t]).items()
-                                                 if k in ("paraphrase_hit_rate", "false_hit_rate", "wrong_answers")}
-                                        for t in THRESHOLD_GRID}}
-    # The baselines are what GPTCache/RedisVL users run: the fp32 model, nearest neighbour, a threshold.
-    if config.embedder.int8:
-        plain = Embedder(config.embedder.model_path, int8=False)
-        anchor_vecs, probe_vecs = plain.encode([text for _, text in anchors]), plain.encode([p.text for p in probes])
-    for t in BASELINES:
-        results[f"cosine_{t:.2f}"] = {"threshold": t, **score(probes, [answers_baseline(anchor_vecs, v, t) for v in probe_vecs])}
+    def encoder(model):
+        def encode(texts: list[str]) -> np.ndarray:
+            todo = [t for t in dict.fromkeys(texts) if (id(model), t) not in memo]
+            for t, v in zip(todo, model.encode(todo) if todo else []):
+                memo[(id(model), t)] = v
+            return np.stack([memo[(id(model), t)] for t in texts]) if texts else np.empty((0, model.dim), np.float32)
+        return encode
 
-    print(f"{args.dataset}: {len(groups)} groups, {sum(p.kind == 'paraphrase' for p in probes)} paraphrases, "
-          f"{sum(p.kind not in ('paraphrase', 'cross') for p in probes)} hard negatives")
-    print(f"{'matcher':<26}{'paraphrase hits':>16}{'false hits':>12}{'wrong answers':>15}{'cross-conv.':>13}")
-    rows = [("raygate @%.2f" % threshold, results["raygate"])] + [(f"cosine @{t:.2f}", results[f"cosine_{t:.2f}"]) for t in BASELINES]
-    for name, r in rows:
-        print(f"{name:<26}{r['paraphrase_hit_rate']:>15.1%}{r['false_hit_rate']:>12.2%}"
-              f"{r['wrong_answers']:>15}{r['cross_conversation_hits']:>13}")
+    anchor = evaluate(groups, config, threshold, encoder(embedder), encoder(plain))
+    rule = (anchor["edit_sensitive"]["a"], anchor["edit_sensitive"]["b"])
+    rounds = [evaluate(groups, config, threshold, encoder(embedder), encoder(plain), stored=i, edit_rule=rule)
+              for i in range(max(len(g["paraphrases"]) for g in groups))]
+    results = {"dataset": str(args.dataset), "groups": len(groups), "embedding_seconds": round(time.perf_counter() - t0, 2),
+               **anchor, "reworded_entry": {m: _pooled(rounds, m) for m in MATCHERS}}
+
+    print(f"{args.dataset}: {len(groups)} groups, {results['raygate']['paraphrases']} paraphrases, "
+          f"{results['raygate']['hard_negatives']} hard negatives")
+    names = {"raygate": f"raygate @{threshold:.2f}", "edit_sensitive": "edit-sensitive (not adopted)",
+             "cosine_0.80": "cosine @0.80", "cosine_0.90": "cosine @0.90"}
+    print(f"{'':<30}{'anchor stored':^42}{'reworded entry stored':^30}")
+    print(f"{'matcher':<30}{'paraphrase hits':>16}{'false hits':>12}{'cross-conv.':>13}"
+          f"{'paraphrase hits':>17}{'false hits':>12}")
+    for m in MATCHERS:
+        r, w = results[m], results["reworded_entry"][m]
+        print(f"{names[m]:<30}{r['paraphrase_hit_rate']:>15.1%}{r['false_hit_rate']:>12.2%}"
+              f"{r['cross_conversation_hits']:>13}{w['paraphrase_hit_rate']:>16.1%}{w['false_hit_rate']:>12.2%}")
     cv = results["raygate_cross_validated"]
-    print(f"{'raygate, 5-fold CV':<26}{cv['paraphrase_hit_rate']:>15.1%}{cv['false_hit_rate']:>12.2%}"
+    print(f"{'raygate, 5-fold CV':<30}{cv['paraphrase_hit_rate']:>15.1%}{cv['false_hit_rate']:>12.2%}"
           f"   thresholds {cv['thresholds_chosen']}")
-    print("false hits by kind (raygate | cosine 0.80):")
+    ecv = results["edit_sensitive_cross_validated"]
+    print(f"{'edit-sensitive, 5-fold CV':<30}{ecv['paraphrase_hit_rate']:>15.1%}{ecv['false_hit_rate']:>12.2%}"
+          f"   (a, b) = {rule} on all groups")
+    d = results["diagnostics"]
+    print(f"paraphrases, first failing check against their own anchor: {d['paraphrase_first_failing_check']}")
+    print(f"lexical overlap with the anchor, median: {d['lexical_overlap_median']}")
+    print("false hits by kind, anchor stored (raygate | cosine 0.80):")
     for kind, v in results["raygate"]["false_hits_by_kind"].items():
         b = results["cosine_0.80"]["false_hits_by_kind"][kind]
         print(f"  {kind:<24}{v['hits']:>4}/{v['of']:<5}| {b['hits']:>4}/{b['of']}")
