@@ -8,6 +8,12 @@ Ray's config, 0 of 40 with the same config started with `-dS` (splicing off); st
 were always aborted. Ray offers no setting for this, but it lets the binary be replaced
 (`RAY_SERVE_HAPROXY_BINARY_PATH`); this launcher execs the bundled binary with `-dS` prepended, so
 the PID Ray tracks for reloads is HAProxy's own.
+
+It also adds raygate's front door to the rendered config (deployments/front_door.py: per-replica
+connection bounds, priority queueing and fast 503s in HAProxy), on every start and reload, and
+takes HAProxy out of the low CPU priority Ray gives its workers (nice 15, inherited from the Serve
+controller): the front door must answer while the engine saturates the node's CPUs. Raising a
+priority needs root or CAP_SYS_NICE; without it HAProxy runs at the inherited priority.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+
+from deployments.front_door import rewrite_argv
 
 
 def bundled_haproxy() -> str:
@@ -35,11 +43,26 @@ def bundled_haproxy() -> str:
 
 def haproxy_argv(args: list[str]) -> list[str]:
     binary = bundled_haproxy()
+    try:
+        args = rewrite_argv(args)
+    except Exception as e:  # HAProxy must start even if the rewrite fails: serve without the front door
+        print(f"raygate-haproxy: front door not applied ({type(e).__name__}: {e})", file=sys.stderr)
     return [binary, "-dS", *args]
+
+
+def raise_priority(niceness: int = 0) -> bool:
+    """Run at `niceness` (0: a normal process) if the inherited one is lower; False if not permitted."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) > niceness:
+            os.setpriority(os.PRIO_PROCESS, 0, niceness)
+        return True
+    except OSError:
+        return False
 
 
 def main() -> None:
     argv = haproxy_argv(sys.argv[1:])
+    raise_priority(int(os.environ.get("RAYGATE_FRONT_DOOR_NICE", "0")))
     os.execv(argv[0], argv)
 
 

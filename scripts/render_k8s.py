@@ -75,6 +75,10 @@ OVERRIDES: dict[str, Any] = {
     _APP + "cache.redis_url": REDIS_URL,
     # API keys required; the plain keys come from the Secret API_KEYS_SECRET (see _auth_env).
     _APP + "auth.enabled": True,
+    # The front door's bound per ingress replica follows the LLM replicas the gate may use:
+    # max_replicas x max_inflight_per_replica (32) + max_queued (32), plus 32 for cache hits.
+    "controller_options.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(GPU_WORKERS_MAX * 32 + 64),
+    "applications.0.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(GPU_WORKERS_MAX * 32 + 64),
 }
 
 HEADER = """\

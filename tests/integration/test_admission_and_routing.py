@@ -11,9 +11,13 @@ import asyncio
 import contextlib
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
+
+from bench.servers import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -303,6 +307,24 @@ def test_a_full_queue_refuses_lower_priorities_within_milliseconds(base_url, rou
     # trip through an ingress that shares 2 cores with 4 busy engine processes.
     assert elapsed < 3.0
     assert [r.status_code for r in results] == [200, 200, 200]
+
+
+def test_the_front_door_is_in_force_at_the_apps_haproxy(base_url, app_config):
+    """serve_config.yaml's RAYGATE_FRONT_DOOR_* reach the Serve controller, whose HAProxy starts
+    through raygate's launcher with the front door added (its behaviour: tests/unit/test_front_door.py)."""
+    import re
+
+    from bench.servers import haproxy_processes
+
+    configs = [Path(a) for p in haproxy_processes() for a in p.cmdline() if a.endswith(".raygate.cfg")]
+    assert configs, "the app's HAProxy runs Serve's config without the front door"
+    text = configs[-1].read_text()
+    env = yaml.safe_load((REPO / "serve_config.yaml").read_text())["controller_options"]["runtime_env"]["env_vars"]
+    servers = re.findall(r"^\s*server SERVE_REPLICA_\S+ .*$", text, re.M)
+    assert servers and all(s.endswith(f"maxconn {env['RAYGATE_FRONT_DOOR_MAXCONN']}") for s in servers)
+    assert f"ge {env['RAYGATE_FRONT_DOOR_MAX_QUEUED']} }}" in text  # high priority's queue limit
+    # And the app still answers through it.
+    assert httpx.get(base_url + "/v1/models", timeout=30).status_code == 200
 
 
 @pytest.mark.parametrize("headers, field", [
