@@ -24,6 +24,7 @@ class LoadResult:
     plain: list[tuple[int, int, str]] = field(default_factory=list)  # status, retries, body head
     streams: list[tuple[int, list[str], int]] = field(default_factory=list)  # status, data lines, retries
     stream_replica: str | None = None  # the replica serving the stream in flight now (x-raygate-replica)
+    stream_started: float = 0.0  # when its headers arrived (time.monotonic())
 
     def check(self) -> tuple[int, int]:
         """Assert nothing was lost; returns (non-streaming requests sent again, streams ended by an
@@ -58,6 +59,7 @@ async def _streams(http, url, model, until, out: LoadResult):
     i = 0
     while time.monotonic() < until:
         async with http.stream("POST", url, json=body(model, 10_000_000 + i, True), headers=HIGH) as r:
+            out.stream_started = time.monotonic()
             out.stream_replica = r.headers.get("x-raygate-replica")
             events = [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
             out.stream_replica = None

@@ -53,7 +53,10 @@ def _kill_replica_under_load(base_url, model, handle, serving_the_stream: bool):
         while True:
             assert time.monotonic() < deadline, "no request in flight to aim at"
             streaming_on = load.stream_replica  # the replica whose stream has started (None between streams)
-            if streaming_on in before:
+            # A young stream: its 2,000 tokens are still being generated, not only still being read
+            # by the client (a finished generation can sit in socket buffers and end normally).
+            young = time.monotonic() - load.stream_started < 3.0
+            if streaming_on in before and (young or not serving_the_stream):
                 # The stream's replica while its engine still generates; or the other replica once its
                 # engine runs a request while the stream is still on the first: a non-streaming one.
                 target = streaming_on if serving_the_stream else next(r for r in before if r != streaming_on)
