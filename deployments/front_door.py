@@ -1,11 +1,11 @@
 """Shedding at the front door: HAProxy refuses generation requests the ingress could not start in time.
 
-Why: under 3x overload (bench/overload.py) the backlog formed *ahead of* the ingress's admission
-gate. On a CPU-bound host the ingress parses requests about as fast as the engine finishes them,
-so thousands waited in socket and event-loop queues, where no gate sees them, and refusals took
-minutes. HAProxy already sits in front of every ingress replica (Serve's HAProxy mode) and decides
-in C, so the bound belongs there: the ingress only ever holds what it can handle, and the excess is
-refused before any Python runs for it.
+Why: the ingress's admission gate decides in microseconds, but only once a request reaches it, and
+on a node whose CPUs the engine saturates the ingress (a low-priority Ray worker) reaches them late:
+under 3x overload (bench/overload.py) its refusals took 0.5-2.8 s at p99. HAProxy already sits in
+front of every ingress replica (Serve's HAProxy mode) and decides in C, so the bound belongs there:
+the ingress only holds what it can handle, and the excess is refused before any Python runs for it
+(2.2 ms at p99 in the same benchmark).
 
 The launcher (deployments/haproxy_launcher.py) applies `rewrite` to the config Serve renders, on
 every start and reload. For each HTTP application backend:

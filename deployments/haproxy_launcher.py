@@ -12,8 +12,9 @@ the PID Ray tracks for reloads is HAProxy's own.
 It also adds raygate's front door to the rendered config (deployments/front_door.py: per-replica
 connection bounds, priority queueing and fast 503s in HAProxy), on every start and reload, and
 takes HAProxy out of the low CPU priority Ray gives its workers (nice 15, inherited from the Serve
-controller): the front door must answer while the engine saturates the node's CPUs. Raising a
-priority needs root or CAP_SYS_NICE; without it HAProxy runs at the inherited priority.
+controller) to nice `RAYGATE_FRONT_DOOR_NICE` (default 0): the front door must answer while the
+engine saturates the node's CPUs. Raising a priority needs root or CAP_SYS_NICE; without it HAProxy
+runs at the inherited priority.
 """
 
 from __future__ import annotations
@@ -62,7 +63,11 @@ def raise_priority(niceness: int = 0) -> bool:
 
 def main() -> None:
     argv = haproxy_argv(sys.argv[1:])
-    raise_priority(int(os.environ.get("RAYGATE_FRONT_DOOR_NICE", "0")))
+    try:
+        niceness = int(os.environ.get("RAYGATE_FRONT_DOOR_NICE", "0"))
+    except ValueError:
+        niceness = 0
+    raise_priority(niceness)
     os.execv(argv[0], argv)
 
 
