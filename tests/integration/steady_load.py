@@ -14,8 +14,8 @@ import httpx
 HIGH = {"x-raygate-priority": "high"}  # small test queues: high priority may fill all of them
 
 
-def body(model: str, i: int, stream: bool) -> dict:
-    return {"model": model, "stream": stream, "max_tokens": 2000 if stream else 48, "ignore_eos": True,
+def body(model: str, i: int, stream: bool, plain_max_tokens: int = 48) -> dict:
+    return {"model": model, "stream": stream, "max_tokens": 2000 if stream else plain_max_tokens, "ignore_eos": True,
             "cache": {"mode": "off"}, "messages": [{"role": "user", "content": f"steady load {i}"}]}
 
 
@@ -47,10 +47,10 @@ class LoadResult:
         return sum(1 for _, _, n in self.streams if n)
 
 
-async def _plain(http, url, model, until, out: LoadResult, worker: int):
+async def _plain(http, url, model, until, out: LoadResult, worker: int, max_tokens: int):
     i = 0
     while time.monotonic() < until:
-        r = await http.post(url, json=body(model, worker * 100_000 + i, False), headers=HIGH)
+        r = await http.post(url, json=body(model, worker * 100_000 + i, False, max_tokens), headers=HIGH)
         out.plain.append((r.status_code, int(r.headers.get("x-raygate-retries", 0)), r.text[:200]))
         i += 1
 
@@ -68,13 +68,14 @@ async def _streams(http, url, model, until, out: LoadResult):
 
 
 async def under_load(base_url: str, model: str, seconds: float, break_at_s: float, breaker,
-                     plain_workers: int = 3, stream_workers: int = 1) -> LoadResult:
+                     plain_workers: int = 3, stream_workers: int = 1, plain_max_tokens: int = 48) -> LoadResult:
     """Run the load for `seconds`; call `breaker(result_so_far)` (in a thread) `break_at_s` into it."""
     out = LoadResult()
     url = base_url + "/v1/chat/completions"
     async with httpx.AsyncClient(timeout=120) as http:
         until = time.monotonic() + seconds
-        tasks = [asyncio.create_task(_plain(http, url, model, until, out, w)) for w in range(plain_workers)]
+        tasks = [asyncio.create_task(_plain(http, url, model, until, out, w, plain_max_tokens))
+                 for w in range(plain_workers)]
         tasks += [asyncio.create_task(_streams(http, url, model, until, out)) for _ in range(stream_workers)]
         await asyncio.sleep(break_at_s)
         await asyncio.to_thread(breaker, out)

@@ -46,6 +46,7 @@ def _kill_replica_under_load(base_url, model, handle, serving_the_stream: bool):
     flight, or the other one once its engine runs a (non-streaming) request. Returns the load's result
     after the replica has been replaced."""
     before = _two_replicas(base_url, model)
+    infos = {r: handle.process_info.remote(replica=r).result() for r in before}  # ahead: kill at once
     killed = {}
 
     def kill(load):
@@ -64,12 +65,15 @@ def _kill_replica_under_load(base_url, model, handle, serving_the_stream: bool):
                 if busy and load.stream_replica == streaming_on:
                     break
             time.sleep(0.02)
-        info = handle.process_info.remote(replica=target).result()
+        info = infos[target]
         assert info["replica"] == target
-        killed.update(info, engines=[p for p in info["engine_pids"] if _alive(p)], at=time.monotonic())
+        engines = [p for p in info["engine_pids"] if _alive(p)]
         os.kill(info["pid"], signal.SIGKILL)  # no clean-up code of the replica runs
+        killed.update(info, engines=engines, at=time.monotonic())
 
-    load = asyncio.run(under_load(base_url, model, seconds=30, break_at_s=8, breaker=kill))
+    # Non-streaming answers of 400 tokens take seconds, so the one seen running is still running
+    # when the kill lands (48-token ones could finish between the check and the kill).
+    load = asyncio.run(under_load(base_url, model, seconds=30, break_at_s=8, breaker=kill, plain_max_tokens=400))
     # The dead replica's engine died with it, and Serve brought the deployment back to 2 replicas.
     assert killed["engines"]
     while any(_alive(p) for p in killed["engines"]) and time.monotonic() < killed["at"] + 20:
