@@ -7,6 +7,11 @@ the queue lengths that Serve's router already tracks (incremented on send, decre
 completion, corrected by replica probes) -- so routing adds no remote call to a request's path,
 unlike Ray Serve LLM's PrefixCacheAffinityRouter, which asks a detached actor per request.
 
+A request counts against its replica from the moment it is assigned, not only once its coroutine
+has sent it (Serve's own increment): requests routed in the same event-loop turn -- a burst, or
+two whose cache lookups finished together -- must each see the ones before, or they all pile onto
+the replica that looked least loaded.
+
 Serve makes one router per deployment per process (every handle to the deployment in that process
 shares it); router/registry.py lists them, for the ingress's admin views and admission bounds.
 """
@@ -14,11 +19,13 @@ shares it); router/registry.py lists them, for the ingress's admin views and adm
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+import time
+from collections import OrderedDict, defaultdict, deque
 from typing import Any, List, Optional
 
 from ray.serve._private.common import ReplicaID
 from ray.serve._private.replica_result import ReplicaResult
+from ray.serve._private.common import RequestMetadata
 from ray.serve._private.request_router.common import PendingRequest
 from ray.serve._private.request_router.replica_wrapper import RunningReplica
 from ray.serve._private.request_router.request_router import LocalityMixin, MultiplexMixin, RequestRouter
@@ -33,6 +40,8 @@ logger = logging.getLogger("ray.serve")
 SESSION_KWARG = "session_id"
 PIN_KWARG = "replica"  # a replica's unique id: admin calls that must reach one given replica
 _MAX_UNROUTED = 10_000
+# An assignment whose send has not followed within this long was cancelled in between: forget it.
+_ASSIGNED_TTL_S = 2.0
 
 
 def _payload(pending: PendingRequest) -> Optional[dict]:
@@ -49,6 +58,7 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         self.policy = PrefixRoutingPolicy(RouterSettings.model_validate(kwargs))
         self._decisions: OrderedDict[str, Decision] = OrderedDict()
         self._deployment = self._deployment_id.name if self._deployment_id else ""
+        self._assigned: defaultdict[ReplicaID, deque[float]] = defaultdict(deque)  # assigned, not yet sent
         registry.register(self)
 
     @property
@@ -86,6 +96,22 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         self.policy.routed(decision, replica_id)
         metrics.DECISIONS.inc(tags={"deployment": self._deployment, "decision": decision.reason})
 
+    def _fulfill_next_pending_request(self, replica: RunningReplica,
+                                      request_metadata: Optional[RequestMetadata] = None) -> None:
+        super()._fulfill_next_pending_request(replica, request_metadata)
+        super().on_send_request(replica.replica_id)  # counted now; the send below must not count it again
+        self._assigned[replica.replica_id].append(time.monotonic())
+
+    def on_send_request(self, replica_id: ReplicaID) -> None:
+        pending = self._assigned.get(replica_id)
+        now = time.monotonic()
+        while pending and now - pending[0] > _ASSIGNED_TTL_S:
+            pending.popleft()
+        if pending:
+            pending.popleft()  # this send's request was counted when it was assigned
+            return
+        super().on_send_request(replica_id)
+
     def update_replicas(self, replicas: List[RunningReplica]) -> None:
         added = [r.replica_id for r in replicas if r.replica_id not in self._replica_id_set]
         super().update_replicas(replicas)
@@ -93,4 +119,5 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
+        self._assigned.pop(replica_id, None)
         self.policy.forget(replica_id)

@@ -210,8 +210,10 @@ def test_a_request_past_its_deadline_never_reaches_the_engine(base_url, routed_m
         t0 = time.monotonic()
         r = _chat(base_url, routed_model, "waits, then expires", headers={"x-raygate-timeout-ms": "700"})
         waited = time.monotonic() - t0
-        if _inflight(base_url, routed_model) < len(streams):
+        if r.status_code == 200:  # a held generation ended during the wait and freed its slot: no evidence
             return _ENDED
+        # (A held generation that ends after the request expired changes nothing here: the answer is
+        # the evidence, not the gate's state afterwards, which took seconds to read on a loaded host.)
         assert r.status_code == 503 and "deadline" in r.json()["error"]["message"], (r.status_code, r.text)
         assert waited >= 0.6  # it waited for a slot until its deadline, then was dropped
         assert _started(base_url, routed_model) == held

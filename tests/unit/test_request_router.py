@@ -1,0 +1,107 @@
+"""PrefixAwareRequestRouter inside Serve's routing loop, with stand-in replicas (no Ray cluster).
+
+What the policy's own tests cannot show: the queue lengths the policy reads are Serve's cache, and
+requests routed in the same event-loop turn must each see the ones assigned before them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID, RequestMetadata
+from ray.serve._private.request_router.common import PendingRequest
+
+from router.request_router import PrefixAwareRequestRouter
+
+SYSTEM = "You are a glaciologist. " * 20
+
+
+class StandInReplica:
+    """What Serve's routing loop reads from a replica; its queue length is only ever probed here."""
+
+    def __init__(self, name: str, queue_len: int = 0):
+        self.replica_id = ReplicaID(unique_id=name, deployment_id=DeploymentID(name="llm", app_name="raygate"))
+        self.actor_id = None
+        self.node_id = ""
+        self.availability_zone = None
+        self.multiplexed_model_ids: set[str] = set()
+        self.routing_stats: dict = {}
+        self.replica_metadata: dict = {}
+        self.max_ongoing_requests = 64
+        self.is_cross_language = False
+        self.queue_len = queue_len
+
+    async def get_queue_len(self, *, deadline_s: float) -> int:
+        return self.queue_len
+
+
+def _router(**kwargs) -> PrefixAwareRequestRouter:
+    router = PrefixAwareRequestRouter(deployment_id=DeploymentID(name="llm", app_name="raygate"),
+                                      handle_source=DeploymentHandleSource.UNKNOWN,
+                                      use_replica_queue_len_cache=True)
+    router.initialize_state(**kwargs)
+    return router
+
+
+def _request(text: str) -> PendingRequest:
+    body = {"model": "m", "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]}
+    metadata = RequestMetadata(request_id=uuid.uuid4().hex, internal_request_id=uuid.uuid4().hex)
+    return PendingRequest(args=["chat", body], kwargs={}, metadata=metadata)
+
+
+async def _route(router: PrefixAwareRequestRouter, *requests: PendingRequest) -> list:
+    """Serve's routing loop assigns each request a replica (concurrently, as pending requests)."""
+    return await asyncio.gather(*(router._choose_replica_for_request(pr) for pr in requests))
+
+
+def _queue_len(router: PrefixAwareRequestRouter, replica: StandInReplica) -> int:
+    return router._replica_queue_len_cache.get(replica.replica_id)
+
+
+def test_requests_routed_in_one_turn_each_see_those_assigned_before():
+    """Two requests with a prefix that replica `holder` holds wait for a replica at once. The first
+    is counted against `holder` as it is assigned, so (imbalance_abs 0) the second finds `holder`
+    overloaded and goes to the other replica, though neither request has been sent yet."""
+
+    async def main():
+        router = _router(imbalance_abs=0, imbalance_rel=1.5)
+        replicas = [StandInReplica("a"), StandInReplica("b")]
+        router.update_replicas(replicas)
+        await asyncio.sleep(0.05)  # Serve probes new replicas' queue lengths: all 0
+
+        warm = _request("warm")
+        [holder] = await _route(router, warm)
+        router.on_request_routed(warm, holder.replica_id, None)  # `holder` now holds the prefix
+        assert _queue_len(router, holder) == 1
+        router.on_send_request(holder.replica_id)  # the send of a counted request counts nothing more
+        assert _queue_len(router, holder) == 1
+        router.decrement_queue_len_cache(holder.replica_id)  # ... and its completion frees the slot
+        assert _queue_len(router, holder) == 0
+
+        first, second = await _route(router, _request("long answer 0"), _request("long answer 1"))
+        return holder, first, second, replicas
+
+    holder, first, second, replicas = asyncio.run(main())
+    assert first is holder
+    assert {first.replica_id, second.replica_id} == {r.replica_id for r in replicas}
+
+
+def test_an_assignment_never_sent_stops_counting_after_a_while(monkeypatch):
+    """A request cancelled between assignment and send: the next send to that replica, once the
+    assignment is stale, counts as usual."""
+    import router.request_router as module
+
+    async def main():
+        router = _router()
+        replica = StandInReplica("a")
+        router.update_replicas([replica])
+        await asyncio.sleep(0.05)
+        await _route(router, _request("cancelled before it was sent"))
+        assert _queue_len(router, replica) == 1
+        monkeypatch.setattr(module, "_ASSIGNED_TTL_S", 0.0)
+        await asyncio.sleep(0.01)
+        router.on_send_request(replica.replica_id)  # another request, sent without an assignment here
+        return _queue_len(router, replica)
+
+    assert asyncio.run(main()) == 2
