@@ -311,8 +311,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     threshold = args.threshold if args.threshold is not None else config.similarity_threshold
     groups = load(args.dataset)
     t0 = time.perf_counter()
-    embedder = Embedder(config.embedder.model_path, int8=config.embedder.int8)
-    plain = Embedder(config.embedder.model_path, int8=False) if config.embedder.int8 else embedder
+    e = config.embedder
+    embedder = Embedder(e.model_path, threads=e.threads, int8=e.int8, backend=e.backend)
+    plain = Embedder(e.model_path, int8=False, backend="torch")  # the baselines: sentence-transformers, fp32
     memo: dict[tuple[int, str], np.ndarray] = {}
 
     def encoder(model):

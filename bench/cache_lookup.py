@@ -50,11 +50,10 @@ def _pct(xs: list[float]) -> dict:
             "p99_ms": float(np.percentile(a, 99))}
 
 
-def lookup_latency(entries: int, lookups: int, texts: list[str], int8: bool) -> dict:
-    embedder = Embedder(threads=1, int8=int8)
+def lookup_latency(entries: int, lookups: int, texts: list[str], embedder: Embedder) -> dict:
     index = VectorIndex(embedder.dim, max_entries=entries + 1)
-    stored = texts[: len(texts) // 2]
-    probes = texts[len(texts) // 2:]
+    stored = texts[0::2]  # interleaved: a probe's paraphrases and look-alikes are stored, so lookups hit too
+    probes = texts[1::2]
     vecs = embedder.encode(stored)
     for i, (t, v) in enumerate(zip(stored, vecs)):
         index.add(IndexRecord(f"real{i}", "scope", t, v, float("inf")))
@@ -63,7 +62,10 @@ def lookup_latency(entries: int, lookups: int, texts: list[str], int8: bool) -> 
     filler /= np.linalg.norm(filler, axis=1, keepdims=True)
     for i, v in enumerate(filler):
         index.add(IndexRecord(f"fill{i}", "scope", "", v, float("inf")))
+    scope = index._scopes["scope"]
+    exact_rows = scope.matrix[: len(scope.keys)].copy()
     embed_s, search_s, total_s, hits = [], [], [], 0
+    above, agreed = 0, 0  # probes with a stored entry >= 0.8 (exact scan), and those the index found
     for i in range(lookups):
         q = probes[i % len(probes)]
         t0 = time.perf_counter()
@@ -75,8 +77,15 @@ def lookup_latency(entries: int, lookups: int, texts: list[str], int8: bool) -> 
         embed_s.append(t1 - t0)
         search_s.append(t2 - t1)
         total_s.append(t2 - t0)
+        best = int(np.argmax(exact_rows @ v))
+        if float(exact_rows[best] @ v) >= 0.8:
+            above += 1
+            nearest = index.search("scope", v, 0.8, k=1)
+            agreed += bool(nearest) and nearest[0].key == scope.keys[best]
     return {"entries": len(index), "lookups": lookups, "hits": hits, "embed": _pct(embed_s),
-            "search_and_guards": _pct(search_s), "total": _pct(total_s)}
+            "search_and_guards": _pct(search_s), "total": _pct(total_s),
+            "index": "ivf" if scope.ann is not None else "exact",
+            "nearest_above_threshold": above, "found_by_index": agreed}
 
 
 def embedding_throughput(concurrency: int, requests: int, texts: list[str], max_batch: int, wait_s: float) -> dict:
@@ -138,18 +147,26 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--batch-wait-timeout-s", type=float, default=0.003)
+    p.add_argument("--backend", choices=["onnx", "torch"], default=None, help="default: the cache's config")
+    p.add_argument("--threads", type=int, default=None, help="default: the cache's config")
     p.add_argument("--skip-serve", action="store_true", help="only the in-process latency part")
     p.add_argument("--out", type=Path, default=Path("bench/results/cache_lookup.json"))
     args = p.parse_args(argv)
     texts = _texts(args.dataset)
-    int8 = CacheConfig().embedder.int8
-    result = {"latency": lookup_latency(args.entries, args.lookups, texts, int8), "int8": int8}
+    cfg = CacheConfig().embedder
+    backend, threads = args.backend or cfg.backend, args.threads or cfg.threads
+    embedder = Embedder(cfg.model_path, threads=threads, int8=cfg.int8, backend=backend)
+    result = {"latency": lookup_latency(args.entries, args.lookups, texts, embedder), "int8": cfg.int8,
+              "backend": embedder.backend, "threads": threads}
     lat = result["latency"]
-    print(f"lookup latency, {lat['entries']} entries in one scope, {lat['lookups']} lookups (ms):")
+    print(f"lookup latency, {lat['entries']} entries in one scope, {lat['lookups']} lookups, "
+          f"embedder {embedder.backend} int8={cfg.int8} threads={threads} (ms):")
     print(f"  {'stage':<20}{'p50':>8}{'p90':>8}{'p99':>8}")
     for stage in ("embed", "search_and_guards", "total"):
         s = lat[stage]
         print(f"  {stage:<20}{s['p50_ms']:>8.2f}{s['p90_ms']:>8.2f}{s['p99_ms']:>8.2f}")
+    print(f"  index: {lat['index']}; probes whose exact nearest entry is >= 0.8: {lat['nearest_above_threshold']},"
+          f" found by the index: {lat['found_by_index']}")
     if not args.skip_serve:
         result["embedding"] = embedding_throughput(args.concurrency, args.requests, texts,
                                                    args.max_batch_size, args.batch_wait_timeout_s)

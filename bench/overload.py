@@ -28,6 +28,7 @@ from typing import Optional
 
 import numpy as np
 
+from bench import client_priority
 from bench.report import write_json
 from bench.servers import REPO, Raygate, free_port
 
@@ -99,25 +100,6 @@ async def poisson(url: str, model: str, rate: float, seconds: float, max_tokens:
             i += 1
         records = list(await asyncio.gather(*tasks))
     return records, (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-
-
-def _prioritise_client(policy: str) -> str:
-    """Give this load generator (not the server it started) the CPU as soon as it wakes.
-
-    Why: client and server share this host's 2 cores, which the engine saturates under overload. A
-    normal process that only sleeps 5 ms at a time then wakes up hundreds of ms late (the probe
-    below measures it in every run: `host_wakeup_lag` in the JSON), so a plain client times its own
-    scheduling, not the server. SCHED_FIFO stands in for a client on another machine; the server's
-    processes were started before this and keep their policy. Needs root or CAP_SYS_NICE; otherwise
-    the run says so in its JSON."""
-    if policy != "fifo":
-        return "normal"
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-        return "SCHED_FIFO 10"
-    except (AttributeError, PermissionError, OSError) as e:
-        print(f"client stays at normal priority ({type(e).__name__}: {e})", flush=True)
-        return f"normal ({type(e).__name__})"
 
 
 _PROBE = """
@@ -198,7 +180,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="a Serve controller environment variable, e.g. RAYGATE_FRONT_DOOR_MAXCONN=24")
     p.add_argument("--client-priority", choices=("fifo", "normal"), default="fifo",
-                   help="fifo: the load generator runs SCHED_FIFO once the server is up (see _prioritise_client)")
+                   help="fifo: the load generator runs SCHED_FIFO once the server is up (see bench/client_priority.py)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "overload.json")
     args = p.parse_args(argv)
     import httpx
@@ -216,7 +198,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     results: dict = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     print("starting raygate ...", flush=True)
     srv.start()
-    results["client_scheduling"] = _prioritise_client(args.client_priority)
+    results["client_scheduling"] = client_priority.prioritise(args.client_priority)
     url = srv.base_url + "/v1/chat/completions"
     try:
         bound = httpx.get(srv.base_url + "/admin/models", timeout=30).json()["models"][model]["admission"]["capacity"]

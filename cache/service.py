@@ -14,6 +14,7 @@ successful read rebuilds the index from what Redis then holds.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from typing import Optional
@@ -54,7 +55,8 @@ class SemanticCache:
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._store = CacheStore(await resolve_redis_url(config, embedded_redis), config.namespace,
                                  config.redis_timeout_s, config.max_entries)
-        self._embedder = Embedder(config.embedder.model_path, threads=1, int8=config.embedder.int8)
+        e = config.embedder
+        self._embedder = Embedder(e.model_path, threads=e.threads, int8=e.int8, backend=e.backend)
         self._index = VectorIndex(self._embedder.dim, config.max_entries)
         self._embed_batch.set_max_batch_size(config.embedder.max_batch_size)
         self._embed_batch.set_batch_wait_timeout_s(config.embedder.batch_wait_timeout_s)
@@ -84,6 +86,10 @@ class SemanticCache:
         one forward pass each: what batching does, without the callers' DeploymentHandle cost
         (about 4 ms of the caller's CPU per call on the dev machine). Used by bench/cache_lookup.py."""
         queue = list(texts)
+        # One forward pass at a time on either path, as `embed_unbatched` runs them: asyncio.to_thread
+        # alone would run up to 6 unbatched passes at once on both cores against one batched pass.
+        one_at_a_time = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        loop = asyncio.get_running_loop()
 
         async def worker() -> None:
             while queue:
@@ -91,10 +97,13 @@ class SemanticCache:
                 if batched:
                     await self._embed_batch(text)
                 else:
-                    await asyncio.to_thread(self._embedder.encode, [text])
+                    await loop.run_in_executor(one_at_a_time, self._embedder.encode, [text])
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        try:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        finally:
+            one_at_a_time.shutdown(wait=False)
         return len(texts) / (time.perf_counter() - start)
 
     # ---- lookups and writes ------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import numpy as np
 
 from cache.store import IndexRecord
-from cache.vector_index import VectorIndex
+from cache.vector_index import AnnSettings, VectorIndex
 
 
 def unit(v):
@@ -51,3 +51,55 @@ def test_size_bound_drops_the_soonest_to_expire():
     for i in range(4):
         idx.add(rec(f"k{i}", "s", [1, i], exp=1e12 + i))
     assert len(idx) == 3 and idx.search("s", unit([1, 0]), 0.99999) == []
+
+
+# ---- large scopes: the inverted-file index --------------------------------------------------------
+
+SMALL_ANN = AnnSettings(min_rows=1_000, nlist=16, nprobe=4, train_per_list=40)
+
+
+def _random_rows(n, dim, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _near(v, seed, noise=0.02):
+    return unit(v + np.random.default_rng(seed).standard_normal(v.shape).astype(np.float32) * noise)
+
+
+def test_a_large_scope_finds_near_duplicates_with_exact_similarities():
+    dim, rows = 32, _random_rows(3_000, 32)
+    idx = VectorIndex(dim, ann=SMALL_ANN)
+    for i, v in enumerate(rows):
+        idx.add(rec(f"k{i}", "big", v))
+    idx.add(rec("small-1", "small", rows[0]))
+    assert idx._scopes["big"].ann is not None and idx._scopes["small"].ann is None
+    found = 0
+    for i in range(0, 3_000, 30):
+        q = _near(rows[i], seed=i)
+        hit = idx.search("big", q, threshold=0.9, k=1)
+        if hit and hit[0].key == f"k{i}":
+            found += 1
+            assert abs(hit[0].similarity - float(rows[i] @ q)) < 1e-5  # the similarity is exact
+    assert found >= 95  # of 100; an approximate search may only miss
+
+
+def test_a_large_scope_stays_correct_through_removals_updates_and_shrinking():
+    dim, rows = 32, _random_rows(2_400, 32, seed=1)
+    idx = VectorIndex(dim, ann=SMALL_ANN)
+    for i, v in enumerate(rows):
+        idx.add(rec(f"k{i}", "big", v))
+    for i in range(0, 2_400, 2):  # half removed: rows are swapped around under the index
+        idx.remove("big", f"k{i}")
+    idx.add(rec("k1", "big", rows[2]))  # an update moves k1 to another vector
+    assert idx._scopes["big"].ann is not None
+    assert idx.search("big", rows[2], threshold=0.999, k=1)[0].key == "k1"
+    assert all(n.key != "k1" for n in idx.search("big", rows[1], threshold=0.999, k=4))
+    assert idx.search("big", rows[4], threshold=0.999) == []  # removed
+    missed = sum(not idx.search("big", rows[i], threshold=0.999, k=1) for i in range(3, 2_400, 2))
+    assert missed <= 12  # of 1,199 exact matches, found through the index
+    for i in range(3, 2_400, 2)[:800]:
+        idx.remove("big", f"k{i}")
+    assert len(idx) < SMALL_ANN.min_rows // 2 and idx._scopes["big"].ann is None  # exact again
+    for i in range(3, 2_400, 2)[800:]:
+        assert idx.search("big", rows[i], threshold=0.999, k=1)[0].key == f"k{i}"
