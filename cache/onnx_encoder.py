@@ -89,7 +89,8 @@ class OnnxSentenceEncoder:
     Threads do not spin between passes: on a host whose cores the engine needs, a spinning thread
     took them from it. A second thread for long texts was measured and not kept: one text of 64+
     tokens took 8.0 instead of 10.2 ms p99 alone, but the lookup benchmark's p99 did not move
-    (11.6-12.3 ms with it, 10.3-12.3 without); with spinning threads it rose to 18-22 ms."""
+    (11.6-12.3 ms in three runs with it, 10.3-15.1 in five without); with spinning threads it rose
+    to 18-22 ms."""
 
     def __init__(self, model_path: str, threads: int = 1, int8: bool = True):
         import onnxruntime as ort
