@@ -446,6 +446,7 @@ class Ingress:
         out = {}
         for name, gate in self._gates.items():
             router = self._router(name)
+            counted = router.queue_lens() if router is not None else {}
             ids = router.replica_ids() if router is not None and engines else []
             # One call at a time: handle calls made while serving one HTTP request share Serve's
             # internal request id, and concurrent ones to one deployment would be matched to each
@@ -459,6 +460,9 @@ class Ingress:
             out[name] = {
                 "admission": {"capacity": gate.capacity, "inflight": gate.inflight, "queued": gate.queued(),
                               "priorities": list(PRIORITIES)},
+                # Read before the engine calls below are counted: requests in flight per replica as
+                # this process's router counts them (None: not known or stale), the load it routes on.
+                "router_queue_lens": counted,
                 "replicas": [s if isinstance(s, dict) else {"replica": rid, "error": repr(s)}
                              for rid, s in zip(ids, stats)],
             }

@@ -68,6 +68,10 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
     def replica_ids(self) -> list[str]:
         return [rid.unique_id for rid in self._replicas]
 
+    def queue_lens(self) -> dict[str, Optional[int]]:
+        """Each replica's queue length as this router counts it (None: unknown or stale)."""
+        return {rid.unique_id: self._replica_queue_len_cache.get(rid) for rid in self._replicas}
+
     async def choose_replicas(self, candidate_replicas: List[RunningReplica],
                               pending_request: Optional[PendingRequest] = None) -> List[List[RunningReplica]]:
         if not candidate_replicas:

@@ -173,23 +173,28 @@ def test_an_overloaded_prefix_holder_sheds_to_the_other_replica(base_url, routed
     async def main():
         async with httpx.AsyncClient(timeout=60) as client:
             async def one(i):
-                body = _body(routed_model, f"long answer {i}", system, max_tokens=600, stream=True)
+                # 3,000 tokens: the holder's generation must still run when the second request is
+                # routed (600 tokens took under 0.5 s on a quiet host, and a finished one is not load).
+                body = _body(routed_model, f"long answer {i}", system, max_tokens=3000, stream=True)
                 body["ignore_eos"] = True
                 async with client.stream("POST", base_url + "/v1/chat/completions", json=body) as r:
                     assert r.status_code == 200
                     replica = r.headers["x-raygate-replica"]
+                    routed.set()
                     await gate.wait()  # keep every stream open until all have been routed
                     return replica
 
-            gate = asyncio.Event()
-            tasks = []
-            for i in range(2):
-                tasks.append(asyncio.create_task(one(i)))
-                await asyncio.sleep(0.5)
+            gate, routed = asyncio.Event(), asyncio.Event()
+            tasks = [asyncio.create_task(one(0))]
+            await asyncio.wait_for(routed.wait(), timeout=30)
+            counted = (await client.get(base_url + "/admin/models", params={"engines": "false"})).json()
+            tasks.append(asyncio.create_task(one(1)))
+            await asyncio.sleep(0.5)
             gate.set()
-            return await asyncio.gather(*tasks)
+            return await asyncio.gather(*tasks), counted["models"][routed_model]["router_queue_lens"]
 
-    served = asyncio.run(main())
+    served, counted = asyncio.run(main())
+    assert counted[holder] >= 1, counted  # the router counts the first stream against the holder
     assert served[0] == holder
     assert set(served) == set(_engines(base_url, routed_model)), served
 
