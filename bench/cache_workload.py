@@ -149,7 +149,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--rounds", type=int, default=2,
                    help="pairs of runs, cache on and off, in alternating order (on-off, off-on, ...)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an app arg in both runs, e.g. models.0.engine_nice=19")
+                   help="override an app arg in both runs, e.g. models.0.engine_args.enable_prefix_caching=false")
     p.add_argument("--client-priority", choices=("fifo", "normal"), default="fifo",
                    help="fifo: the client runs SCHED_FIFO while it drives a started server (bench/client_priority.py)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cache_workload.json")
