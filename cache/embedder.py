@@ -5,8 +5,8 @@ Vectors are L2-normalised, so a dot product is the cosine similarity the thresho
 
 Backends:
 - `onnx` (default): the model exported to one ONNX Runtime graph, per-channel int8 weights with
-  `int8` (cache/onnx_encoder.py says why and what it measured: 1.4 ms p50 for one text, cosine to
-  fp32 >= 0.977). If the export cannot be made or does not match PyTorch, the torch backend is used
+  `int8` (cache/onnx_encoder.py says why and what it measured: 1.3 ms p50 for one text, cosine to
+  fp32 >= 0.985). If the export cannot be made or does not match PyTorch, the torch backend is used
   and a warning logged.
 - `torch`: sentence-transformers itself; with `int8`, PyTorch's dynamic int8 quantization of the
   Linear layers (one text 3.8 ms instead of 9.8 ms fp32 in an earlier measurement; cosine to fp32

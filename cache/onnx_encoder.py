@@ -2,9 +2,10 @@
 
 Why: a lookup embeds one short text, and for a 6-layer, 384-wide encoder PyTorch's per-operator
 overhead is most of the cost. Measured on the 2-core dev machine, one thread, 400 dev.jsonl texts one
-at a time: ONNX Runtime with per-channel int8 weights 1.4 ms p50 (9.8 ms p99: the 130-token code
-snippets), PyTorch dynamic int8 4.6 ms p50 (13.4 ms p99). It is also closer to the fp32 model:
-cosine to fp32 at least 0.977 (mean 0.994) where PyTorch's per-tensor int8 fell to 0.893 (mean 0.956).
+at a time through `Embedder`: this graph with per-channel int8 weights 1.3 ms p50 (8.4 ms p99: the
+130-token code snippets), PyTorch dynamic int8 4.3 ms p50 (12.9 ms p99). It is also closer to the
+fp32 model: cosine to fp32 at least 0.985 (mean 0.994) where PyTorch's dynamic int8 fell to 0.893
+(mean 0.956).
 
 The graph -- transformer, mean pooling over the attention mask, L2 normalisation, which is what the
 model's sentence-transformers modules say all-MiniLM-L6-v2 is -- is exported from the PyTorch
