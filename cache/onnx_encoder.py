@@ -24,7 +24,6 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -122,14 +121,14 @@ def ensure_graph(model_path: Path, int8: bool) -> tuple[Path, bool]:
     Returns the path and whether this call exported it."""
     from filelock import FileLock
 
-    name = ("model.int8.onnx" if int8 else "model.onnx")
-    target = cache_dir() / _fingerprint(model_path, int8) / name
+    key = Path(_fingerprint(model_path, int8)) / ("model.int8.onnx" if int8 else "model.onnx")
+    target = cache_dir() / key
     if target.exists():
         return target, False
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError:  # a read-only home (some container images): the temp dir still works
-        target = Path(tempfile.gettempdir()) / "raygate-onnx" / _fingerprint(model_path, int8) / name
+        target = Path(tempfile.gettempdir()) / "raygate-onnx" / key
         if target.exists():
             return target, False
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +209,7 @@ def _check_graph(graph: Path, pooled, tokens, names: list[str], int8: bool) -> N
             want = pooled(*(enc[n] for n in names)).numpy()
         got = session.run(None, {n: enc[n].numpy().astype(np.int64) for n in names})[0]
         if int8:
-            worst: Optional[float] = float((got * want).sum(axis=1).min())
+            worst = float((got * want).sum(axis=1).min())
             bad = worst < INT8_MIN_COSINE
         else:
             worst = float(np.abs(got - want).max())

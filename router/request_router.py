@@ -23,9 +23,8 @@ import time
 from collections import OrderedDict, defaultdict, deque
 from typing import Any, List, Optional
 
-from ray.serve._private.common import ReplicaID
+from ray.serve._private.common import ReplicaID, RequestMetadata
 from ray.serve._private.replica_result import ReplicaResult
-from ray.serve._private.common import RequestMetadata
 from ray.serve._private.request_router.common import PendingRequest
 from ray.serve._private.request_router.replica_wrapper import RunningReplica
 from ray.serve._private.request_router.request_router import LocalityMixin, MultiplexMixin, RequestRouter
