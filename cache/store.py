@@ -16,13 +16,29 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Optional
+from typing import TYPE_CHECKING, AsyncIterator, Optional
 
 import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+if TYPE_CHECKING:
+    from ray.serve.handle import DeploymentHandle
+
+    from cache.config import CacheConfig
+
 STREAM_FLUSH = b"flush"
+
+
+async def resolve_redis_url(config: "CacheConfig", embedded: Optional["DeploymentHandle"]) -> str:
+    """The Redis URL every cache user shares: `cache.redis_url`, else the embedded Valkey deployment's.
+
+    Raises ValueError when neither is configured."""
+    if config.redis_url:
+        return config.redis_url
+    if embedded is None:
+        raise ValueError("cache.redis_url is not set and no embedded Redis deployment was given")
+    return await embedded.url.remote()
 
 
 class StoreUnavailable(Exception):

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployments.errors import APIError
+from common.errors import APIError
 
 # Priority levels, most urgent first; the header `x-raygate-priority` names one.
 PRIORITIES = ("high", "normal", "low")

@@ -20,7 +20,7 @@ from typing import Annotated, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.errors import APIError
+from common.errors import APIError
 from deployments.tenants import ANONYMOUS, TENANT_NAME, Tenant, TenantSettings
 
 _SHA256_HEX = r"^[0-9a-f]{64}$"

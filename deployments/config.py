@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from cache.config import CacheConfig
 from deployments.admission import AdmissionConfig
 from deployments.auth import AuthConfig
-from deployments.deployment_options import DeploymentOptions
+from common.deployment_options import DeploymentOptions
 
 # `model: builtin:tiny-llama` names the demo model that deployments/demo_model.py builds offline.
 BUILTIN_DEMO = "builtin:tiny-llama"

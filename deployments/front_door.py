@@ -92,7 +92,7 @@ class FrontDoor:
 
 
 def error_body(message: str) -> str:
-    """The OpenAI-format 503 body (deployments/errors.py's shape, without importing vLLM here)."""
+    """The OpenAI-format 503 body (common/errors.py's shape, without importing vLLM here)."""
     return json.dumps({"error": {"message": message, "type": "ServiceUnavailableError", "param": None, "code": 503}})
 
 

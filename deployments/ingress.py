@@ -27,12 +27,12 @@ from cache.client import CacheHit, CacheMiss, IngressCache
 from cache.config import parse_request_options
 from cache.keys import CachePlan, plan as cache_plan
 from cache.responses import StreamCollector, as_response, as_sse, storable
-from cache.service import resolve_redis_url
+from cache.store import resolve_redis_url
 from deployments import openapi_spec, serving_metrics
 from deployments.admission import PRIORITIES, AdmissionGate, Slot
 from deployments.auth import Authenticator
 from deployments.config import AppConfig, ModelConfig, llm_deployment_name
-from deployments.errors import APIError, api_error_response, error_body, error_response
+from common.errors import APIError, api_error_response, error_body, error_response
 from deployments.llm_server import Reply
 from deployments.rate_limits import TenantRateLimiter
 from deployments.request_controls import RequestControls, parse_controls

@@ -24,8 +24,8 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from deployments.autoscaling import ENGINE_RUNNING, ENGINE_WAITING
 from deployments.config import ModelConfig
 from deployments.engine import LLMEngine, ServeResult
-from deployments.engine_reaper import start_reaper
-from deployments.errors import APIError, error_body
+from common.process_reaper import start_reaper
+from common.errors import APIError, error_body
 from deployments.request_parsing import CHAT, validate_request
 from deployments.serving_metrics import DEADLINE_DROPS
 

@@ -24,7 +24,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter, RateLimiter, SlidingWindowCounterRateLimiter
 
 from deployments import serving_metrics
-from deployments.errors import APIError
+from common.errors import APIError
 from deployments.tenants import Tenant
 
 logger = logging.getLogger("ray.serve")

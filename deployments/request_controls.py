@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from deployments.admission import DEFAULT_PRIORITY, PRIORITIES
-from deployments.errors import APIError
+from common.errors import APIError
 
 PRIORITY_HEADER = "x-raygate-priority"
 TIMEOUT_HEADER = "x-raygate-timeout-ms"

@@ -15,7 +15,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.exceptions import VLLMValidationError
 
-from deployments.errors import APIError
+from common.errors import APIError
 
 CHAT = "chat"
 COMPLETION = "completion"

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.errors import APIError
+from common.errors import APIError
 
 TENANT_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 # Everyone's tenant when auth is off (the embedded demo).

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from deployments.admission import AdmissionConfig, AdmissionGate, Rejection
-from deployments.errors import APIError
+from common.errors import APIError
 from deployments.request_controls import parse_controls
 
 

@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from deployments.auth import AuthConfig, Authenticator, hash_key
-from deployments.errors import APIError
+from common.errors import APIError
 from deployments.tenants import ANONYMOUS
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from cache.config import CacheConfig, RequestCacheOptions, parse_request_options
 from cache.keys import plan
-from deployments.errors import APIError
+from common.errors import APIError
 
 CFG = CacheConfig()
 AUTO = RequestCacheOptions()

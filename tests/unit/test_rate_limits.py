@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from deployments.errors import APIError
+from common.errors import APIError
 from deployments.rate_limits import TenantRateLimiter
 from deployments.tenants import Tenant, TenantSettings
 

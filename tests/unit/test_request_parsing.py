@@ -2,7 +2,7 @@
 
 import pytest
 
-from deployments.errors import APIError
+from common.errors import APIError
 from deployments.request_parsing import CHAT, COMPLETION, parse_json_object, validate_request
 
 MSG = [{"role": "user", "content": "hi"}]

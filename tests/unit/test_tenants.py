@@ -2,7 +2,7 @@
 
 import pytest
 
-from deployments.errors import APIError
+from common.errors import APIError
 from deployments.tenants import Tenant, TenantSettings, apply_caps, estimated_tokens
 
 

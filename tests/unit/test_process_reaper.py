@@ -11,7 +11,7 @@ import psutil
 
 PARENT = textwrap.dedent("""
     import subprocess, sys, time
-    from deployments.engine_reaper import start_reaper
+    from common.process_reaper import start_reaper
     child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
     grandchild_holder = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); time.sleep(600)"])
     time.sleep(1.0)
@@ -44,7 +44,7 @@ def test_children_die_when_parent_is_killed():
 
 
 def test_reaper_exits_when_children_exit_on_their_own():
-    from deployments.engine_reaper import start_reaper
+    from common.process_reaper import start_reaper
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
     reaper = start_reaper([child.pid])
