@@ -8,7 +8,7 @@ to vLLM's `AsyncEngineArgs` untouched (`engine_args` allows extra keys).
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -70,6 +70,15 @@ class SubmitBatchingConfig(BaseModel):
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
 
 
+class StandInConfig(BaseModel):
+    """The stand-in engine's timing (deployments/stand_in_engine.py): no model, no compute."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttft_ms: float = Field(default=20.0, ge=0)  # time to the first token of a request
+    itl_ms: float = Field(default=10.0, ge=0)  # time per later token
+
+
 def llm_deployment_name(model_name: str) -> str:
     """The Serve deployment that serves `model_name`."""
     return "LLM:" + re.sub(r"[^A-Za-z0-9_.-]+", "-", model_name)
@@ -87,6 +96,10 @@ class ModelConfig(BaseModel):
     tokenizer: Optional[str] = None
     chat_template: Optional[str] = None
     engine_args: EngineArgs = Field(default_factory=EngineArgs)
+    # The engine behind the replica (deployments/engine_protocol.py): vLLM, or the stand-in that emits
+    # timed tokens with no model (`stand_in`), for measuring the serving layer alone.
+    engine: Literal["vllm", "stand_in"] = "vllm"
+    stand_in: StandInConfig = Field(default_factory=StandInConfig)
     # Environment of the LLM replica, e.g. VLLM_CPU_KVCACHE_SPACE on CPU.
     env: dict[str, str] = Field(default_factory=dict)
     # What each replica reserves from Ray: CPUs, GPUs (set num_gpus: 1 on GPU nodes), custom resources.

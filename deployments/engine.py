@@ -11,20 +11,20 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, AsyncGenerator, Union
+from dataclasses import replace
+from typing import Any
 
 import psutil
 from starlette.requests import Request
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest, ChatCompletionResponse
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
-from vllm.entrypoints.openai.completion.protocol import CompletionRequest, CompletionResponse
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
 from vllm.entrypoints.openai.models.protocol import BaseModelPath
 from vllm.entrypoints.openai.models.serving import OpenAIServingModels
 from vllm.entrypoints.serve import create_error_response
-from vllm.entrypoints.serve.engine.protocol import ErrorResponse, ModelCard
+from vllm.entrypoints.serve.engine.protocol import ModelCard
 from vllm.renderers.chat_utils import load_chat_template
 from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.sampling_params import RequestOutputKind
@@ -33,26 +33,10 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from deployments.config import BUILTIN_DEMO, ModelConfig, StreamingConfig
+from deployments.engine_protocol import Engine, EngineLoad, OpenAIRequest, ServeResult
 from deployments.stream_coalescing import coalesce_outputs
 
 logger = logging.getLogger("raygate.engine")
-
-ServeResult = Union[ErrorResponse, ChatCompletionResponse, CompletionResponse, AsyncGenerator[str, None]]
-
-
-@dataclass
-class EngineLoad:
-    """The engine scheduler's view of its load, refreshed every engine step."""
-
-    running: int = 0
-    waiting: int = 0
-    kv_cache_usage: float = 0.0
-    prefix_cache_queries: int = 0  # tokens looked up in the prefix cache, cumulative
-    prefix_cache_hits: int = 0  # tokens found there, cumulative
-    requests_started: int = 0  # requests that produced a first token, cumulative
-    requests_finished: int = 0  # cumulative
-    updated_at: float = field(default_factory=time.monotonic)
-
 
 class _LoadTracker(StatLoggerBase):
     """A vLLM stat logger that keeps the latest scheduler stats where the replica can read them."""
@@ -111,8 +95,8 @@ def _raw_request(request_id: str) -> Request:
     return Request({"type": "http", "headers": [(b"x-request-id", request_id.encode())], "state": {}})
 
 
-class LLMEngine:
-    """One vLLM engine and the OpenAI endpoints over it. Construct with `LLMEngine.start`."""
+class VLLMEngine(Engine):
+    """One vLLM engine and the OpenAI endpoints over it. Construct with `VLLMEngine.start`."""
 
     def __init__(self, cfg: ModelConfig, engine: CoalescingAsyncLLM, model_path: str):
         self.cfg = cfg
@@ -143,7 +127,7 @@ class LLMEngine:
         )
 
     @classmethod
-    def start(cls, cfg: ModelConfig) -> "LLMEngine":
+    def start(cls, cfg: ModelConfig) -> "VLLMEngine":
         """Build the engine (blocks until the model is loaded: tens of seconds)."""
         model_path = resolve_model_source(cfg)
         kwargs = cfg.engine_args.as_kwargs()
@@ -179,7 +163,7 @@ class LLMEngine:
         except Exception as e:
             return create_error_response(e)
 
-    async def abort(self, request: ChatCompletionRequest | CompletionRequest, request_id: str) -> None:
+    async def abort(self, request: OpenAIRequest, request_id: str) -> None:
         """Abort a request's engine work now. Closing its stream aborts it too, but through generator
         finalization; this makes a client's disconnect free its engine slot deterministically.
         The engine ids follow vLLM's serving layer: `chatcmpl-<id>`, and `cmpl-<id>-<i>` per prompt."""

@@ -23,7 +23,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
 from deployments.autoscaling import ENGINE_RUNNING, ENGINE_WAITING
 from deployments.config import ModelConfig
-from deployments.engine import LLMEngine, ServeResult
+from deployments.engine_protocol import Engine, ServeResult, engine_class
 from common.process_reaper import start_reaper
 from common.errors import APIError, error_body
 from deployments.request_parsing import CHAT, validate_request
@@ -56,15 +56,19 @@ def _sse_error_reply(chunk: str) -> Optional[Reply]:
 class LLMServer:
     """One vLLM engine per replica. Methods are called by the ingress through a DeploymentHandle."""
 
-    async def __init__(self, cfg: ModelConfig):
+    async def __init__(self, cfg: ModelConfig, engine: Optional[Engine] = None):
+        """`engine`: an already started engine (unit tests); by default the one `cfg.engine` names,
+        started here (blocks until the model is loaded; Serve routes nothing here before it returns)."""
         self._cfg = cfg
-        # Blocks until the model is loaded; a replica is not routed to before __init__ returns.
-        self._engine = LLMEngine.start(cfg)
+        self._engine = engine if engine is not None else engine_class(cfg).start(cfg)
         self._reaper = start_reaper(self._engine.engine_pids())
         if cfg.submit_batching.enabled:
             self._submit_batch.set_max_batch_size(cfg.submit_batching.max_batch_size)
             self._submit_batch.set_batch_wait_timeout_s(cfg.submit_batching.batch_wait_timeout_s)
-        self._replica_id = serve.get_replica_context().replica_id.unique_id
+        try:
+            self._replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside a Serve replica (unit tests)
+            self._replica_id = "local"
         await self._warmup(cfg.warmup_requests)
         await self._prefill_system_prompts(cfg.warmup_system_prompts)
 
