@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cache.config import CacheConfig
-from deployments.admission import AdmissionConfig
+from deployments.admission import DEFAULT_ENGINE_SLOTS, AdmissionConfig
 from deployments.auth import AuthConfig
 from common.deployment_options import DeploymentOptions
 
@@ -121,6 +121,12 @@ class ModelConfig(BaseModel):
     # vLLM's own Prometheus series (TTFT, ITL, E2E and queue histograms, KV-cache and prefix-cache
     # use) exported through Ray's metrics agent as `ray_vllm_*`, tagged with the replica.
     engine_metrics: bool = True
+
+    @model_validator(mode="after")
+    def _admission_follows_the_engine(self) -> "ModelConfig":
+        """Admission's unset bounds follow the engine's batch (deployments/admission.py says why)."""
+        self.admission = self.admission.sized_for(self.engine_args.max_num_seqs or DEFAULT_ENGINE_SLOTS)
+        return self
 
     @property
     def name(self) -> str:

@@ -67,7 +67,8 @@ OVERRIDES: dict[str, Any] = {
     # CPU-only setting (the KV cache size of vLLM's CPU backend).
     _LLM + "env.VLLM_CPU_KVCACHE_SPACE": DELETE,
     # Queue-length autoscaling (serve_config.yaml's policy) over the GPU worker pods. The admission
-    # gate lets at most `max_inflight_per_replica` (32) requests reach one replica: scale out before.
+    # gate lets at most `max_inflight_per_replica` (the engine's max_num_seqs, 128) requests reach one
+    # replica: scale out before.
     _LLM + "deployment.autoscaling_config.min_replicas": GPU_WORKERS_MIN,
     _LLM + "deployment.autoscaling_config.max_replicas": GPU_WORKERS_MAX,
     _LLM + "deployment.autoscaling_config.target_ongoing_requests": 24,
@@ -76,9 +77,9 @@ OVERRIDES: dict[str, Any] = {
     # API keys required; the plain keys come from the Secret API_KEYS_SECRET (see _auth_env).
     _APP + "auth.enabled": True,
     # The front door's bound per ingress replica follows the LLM replicas the gate may use:
-    # max_replicas x max_inflight_per_replica (32) + max_queued (32), plus 32 for cache hits.
-    "controller_options.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(GPU_WORKERS_MAX * 32 + 64),
-    "applications.0.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(GPU_WORKERS_MAX * 32 + 64),
+    # max_replicas x max_inflight_per_replica (128) + max_queued (128), plus 32 for cache hits.
+    "controller_options.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(GPU_WORKERS_MAX * 128 + 160),
+    "applications.0.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(GPU_WORKERS_MAX * 128 + 160),
 }
 
 HEADER = """\

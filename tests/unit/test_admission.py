@@ -241,3 +241,30 @@ def test_malformed_controls_are_400_naming_the_header(headers, field):
     with pytest.raises(APIError) as e:
         parse_controls(headers, now=1_800_000_000.0)
     assert e.value.status == 400 and e.value.param == field and field in e.value.message
+
+
+def test_unset_bounds_follow_the_engines_batch():
+    """The shipped config leaves the bounds unset: a replica takes what its engine batches
+    (max_num_seqs) and as many may wait, so concurrency 128 on a 128-slot engine is never refused."""
+    from deployments.config import ModelConfig
+
+    cfg = ModelConfig(engine_args={"max_num_seqs": 128}).admission
+    assert (cfg.max_inflight_per_replica, cfg.max_queued) == (128, 128)
+    cfg = ModelConfig(engine_args={"max_num_seqs": 128}, admission={"max_inflight_per_replica": 8}).admission
+    assert (cfg.max_inflight_per_replica, cfg.max_queued) == (8, 8)
+    cfg = ModelConfig(admission={"max_inflight_per_replica": 8, "max_queued": 0}).admission
+    assert (cfg.max_inflight_per_replica, cfg.max_queued) == (8, 0)
+    assert ModelConfig().admission.max_inflight_per_replica == 256  # vLLM's own default batch
+
+
+async def test_a_gate_sized_from_the_engine_admits_its_whole_batch_without_waiting():
+    from deployments.config import ModelConfig
+
+    gate = AdmissionGate("m", ModelConfig(engine_args={"max_num_seqs": 128}).admission, replicas=lambda: 1)
+    slots = [await asyncio.wait_for(gate.admit("normal", None), 0.1) for _ in range(128)]
+    assert gate.inflight == 128
+    waiting = asyncio.ensure_future(gate.admit("normal", None))
+    await asyncio.sleep(0)
+    assert gate.queued()["normal"] == 1
+    slots[0].release()
+    await asyncio.wait_for(waiting, 0.1)
