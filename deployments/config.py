@@ -115,6 +115,9 @@ class ModelConfig(BaseModel):
     # requests hit the prefix cache; the prefix-aware router knows every replica holds them.
     warmup_system_prompts: list[str] = Field(default_factory=list)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    # The engine-progress watchdog (deployments/engine_watchdog.py): an engine that holds requests but
+    # reports no output step for this long is killed and its replica reports unhealthy.
+    stall_timeout_s: float = Field(default=30.0, ge=1)
     # A replica that fails before its first byte reaches the client (it died, or could not be
     # reached): the request is sent again, to another replica, up to this many times.
     retries: int = Field(default=2, ge=0, le=10)

@@ -191,6 +191,10 @@ class VLLMEngine(Engine):
     def num_unfinished_requests(self) -> int:
         return self.engine.get_num_unfinished_requests()
 
+    def last_progress(self) -> float:
+        # The stat logger records every output step the engine core sends (disable_log_stats=False).
+        return _LoadTracker.current.updated_at
+
     def engine_pids(self) -> list[int]:
         """PIDs of every process this engine started (EngineCore, its workers, helpers)."""
         me = psutil.Process(os.getpid())

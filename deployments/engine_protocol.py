@@ -84,6 +84,23 @@ class Engine(abc.ABC):
     async def model_card(self) -> ModelCard:
         """The model's `/v1/models` entry."""
 
+    @abc.abstractmethod
+    def last_progress(self) -> float:
+        """`time.monotonic()` of the engine's last output step (the watchdog's progress signal)."""
+
+    def kill(self) -> None:
+        """Stop a stalled engine at once, so that its requests fail now rather than hang: SIGKILL to
+        every engine process (a stopped process cannot act on SIGTERM)."""
+        import signal
+
+        import psutil
+
+        for pid in self.engine_pids():
+            try:
+                psutil.Process(pid).send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+
     def engine_pids(self) -> list[int]:
         """PIDs of processes this engine started, which must die with the replica (none by default)."""
         return []

@@ -108,6 +108,18 @@ def _sse_error(status: int, message: str) -> str:
     return f"data: {error_body(status, message).model_dump_json()}\n\ndata: [DONE]\n\n"
 
 
+def _describe(e: BaseException) -> str:
+    """Why a model is unavailable, never empty: a timed-out health check has no message of its own,
+    and a replica's exception arrives wrapped (RayTaskError) around the replica's own reason."""
+    if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
+        return "no replica answered the health check within 5 s (starting, overloaded or frozen)"
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        e = cause
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1]}" if text else type(e).__name__
+
+
 def _label(miss: CacheMiss) -> str:
     return "bypass" if miss.bypass else "miss"
 
@@ -189,7 +201,7 @@ class Ingress:
         results = await asyncio.gather(
             *(self._model_health(name) for name in self._models), return_exceptions=True
         )
-        status = {name: ("ok" if r is None else f"unavailable: {r}") for name, r in zip(self._models, results)}
+        status = {name: ("ok" if r is None else f"unavailable: {_describe(r)}") for name, r in zip(self._models, results)}
         ok = all(r is None for r in results)
         return JSONResponse({"status": "ok" if ok else "unavailable", "models": status}, status_code=200 if ok else 503)
 

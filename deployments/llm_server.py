@@ -24,6 +24,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from deployments.autoscaling import ENGINE_RUNNING, ENGINE_WAITING
 from deployments.config import ModelConfig
 from deployments.engine_protocol import Engine, ServeResult, engine_class
+from deployments.engine_watchdog import EngineWatchdog
 from common.process_reaper import start_reaper
 from common.errors import APIError, error_body
 from deployments.request_parsing import CHAT, validate_request
@@ -53,6 +54,10 @@ def _sse_error_reply(chunk: str) -> Optional[Reply]:
     return Reply(status=int(err.get("code") or 500), body=json.dumps(payload))
 
 
+class EngineUnavailable(RuntimeError):
+    """This replica's engine was stopped (stalled) and the replica awaits replacement."""
+
+
 class LLMServer:
     """One vLLM engine per replica. Methods are called by the ingress through a DeploymentHandle."""
 
@@ -62,6 +67,9 @@ class LLMServer:
         self._cfg = cfg
         self._engine = engine if engine is not None else engine_class(cfg).start(cfg)
         self._reaper = start_reaper(self._engine.engine_pids())
+        self._unhealthy: Optional[str] = None  # why this replica must be replaced (None: healthy)
+        self._watchdog = EngineWatchdog(self._engine, cfg.stall_timeout_s)
+        self._watchdog_task = asyncio.get_running_loop().create_task(self._watch_engine())
         if cfg.submit_batching.enabled:
             self._submit_batch.set_max_batch_size(cfg.submit_batching.max_batch_size)
             self._submit_batch.set_batch_wait_timeout_s(cfg.submit_batching.batch_wait_timeout_s)
@@ -71,6 +79,18 @@ class LLMServer:
             self._replica_id = "local"
         await self._warmup(cfg.warmup_requests)
         await self._prefill_system_prompts(cfg.warmup_system_prompts)
+
+    async def _watch_engine(self, period_s: float = 1.0) -> None:
+        """Every `period_s`: a stalled engine is killed and the replica turns unhealthy for good
+        (deployments/engine_watchdog.py says why)."""
+        while self._unhealthy is None:
+            await asyncio.sleep(period_s)
+            reason = self._watchdog.check()
+            if reason is not None:
+                self._unhealthy = reason
+                logger.error("replica %s: %s; killing the engine, the replica reports unhealthy until replaced",
+                             self._replica_id, reason)
+                self._engine.kill()
 
     async def _prefill_system_prompts(self, prompts: list[str]) -> None:
         """Put each configured system prompt in the prefix cache (a 1-token request each)."""
@@ -112,7 +132,10 @@ class LLMServer:
         """Serve one chat or completion request body: a `Reply` head, then (streaming) SSE strings.
 
         `session_id` is read by the router, not here. `deadline` (Unix time) is checked last thing
-        before the engine: time spent in Serve's queues counts against it too."""
+        before the engine: time spent in Serve's queues counts against it too. Raises
+        `EngineUnavailable` when the engine was stopped as stalled (the ingress retries elsewhere)."""
+        if self._unhealthy is not None:
+            raise EngineUnavailable(self._unhealthy)
         try:
             request = validate_request(kind, payload)
         except APIError as e:
@@ -194,6 +217,9 @@ class LLMServer:
                 "node_id": ray.get_runtime_context().get_node_id()}
 
     async def check_health(self) -> None:
+        """Raises (with the reason) when the engine stalled or its own health check fails."""
+        if self._unhealthy is not None:
+            raise EngineUnavailable(f"replica {self._replica_id}: {self._unhealthy}")
         await self._engine.check_health()
 
     def __del__(self):

@@ -80,6 +80,9 @@ class StandInEngine(Engine):
         self.max_model_len = max_model_len
         self.fail_after_chunks = fail_after_chunks
         self.healthy = True
+        self.frozen = False  # True: no more output, as an engine process stopped with SIGSTOP
+        self._killed = False
+        self._progress = time.monotonic()
         self._running: set[str] = set()
         self._aborted: set[str] = set()
         self.aborts: list[str] = []  # every engine request id aborted, in order (read by tests)
@@ -117,12 +120,31 @@ class StandInEngine(Engine):
     def num_unfinished_requests(self) -> int:
         return len(self._running)
 
+    def last_progress(self) -> float:
+        return self._progress
+
+    def kill(self) -> None:
+        """Requests in flight fail at once and new ones are refused, as after a killed engine core."""
+        self._killed = True
+        self.frozen = False
+
+    async def _step(self, delay_s: float) -> None:
+        """Wait `delay_s` of engine time; a frozen engine waits until it is killed."""
+        await asyncio.sleep(delay_s)
+        while self.frozen:
+            await asyncio.sleep(0.01)
+        if self._killed:
+            raise StandInFailure("engine killed")
+        self._progress = time.monotonic()
+
     async def model_card(self) -> ModelCard:
         return ModelCard(id=self.model_name, root="stand-in", owned_by="raygate", max_model_len=self.max_model_len)
 
     # ---- generation ----------------------------------------------------------------------------
 
     async def _serve(self, request: OpenAIRequest, engine_id: str, chat: bool) -> ServeResult:
+        if self._killed:
+            raise StandInFailure("engine killed")
         n_out, n = _max_tokens(request), request.n or 1
         usage = UsageInfo(prompt_tokens=_prompt_tokens(request), completion_tokens=n_out * n,
                           total_tokens=_prompt_tokens(request) + n_out * n)
@@ -130,7 +152,7 @@ class StandInEngine(Engine):
             return self._stream(request, engine_id, chat, n_out, n, usage)
         self._begin(engine_id)
         try:
-            await asyncio.sleep(self.ttft_s + self.itl_s * (n_out - 1))
+            await self._step(self.ttft_s + self.itl_s * (n_out - 1))
             if engine_id in self._aborted:
                 raise asyncio.CancelledError
         finally:
@@ -174,7 +196,7 @@ class StandInEngine(Engine):
         created = int(time.time())
         started = time.monotonic()
         try:
-            await asyncio.sleep(self.ttft_s)
+            await self._step(self.ttft_s)
             self._load.requests_started += 1
             if chat:
                 yield self._chunk(engine_id, chat, n, None, None, role=True, created=created)
@@ -198,7 +220,7 @@ class StandInEngine(Engine):
                     # this one, but never after the last token (the end leaves at once).
                     flushed = time.monotonic() - started
                     due = min(max(self.ttft_s + self.itl_s * sent, flushed + self.interval_s), last_token_at)
-                    await asyncio.sleep(max(0.0, due - (time.monotonic() - started)))
+                    await self._step(max(0.0, due - (time.monotonic() - started)))
             yield self._finish_chunk(engine_id, chat, n, created)
             options = request.stream_options
             if options is not None and options.include_usage:

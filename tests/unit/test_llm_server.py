@@ -150,3 +150,60 @@ async def test_the_stand_in_streams_tokens_at_its_set_pace():
     assert text == " tok" * 20
     # Grouped: far fewer content chunks than tokens, but the first token alone.
     assert 3 <= len(items) - 3 <= 10
+
+
+async def test_a_frozen_engine_is_killed_and_the_replica_reports_why():
+    """Frozen with requests in flight (SIGSTOP on the engine core, in the real engine): after the
+    stall timeout the engine is killed, the stream ends with an error, the health check fails naming
+    the stall, and new requests are refused so that the ingress sends them elsewhere."""
+    from deployments.engine_watchdog import EngineWatchdog
+    from deployments.llm_server import EngineUnavailable
+
+    engine = StandInEngine("m", ttft_s=0.001, itl_s=0.01, interval_s=0.0)
+    server = await make_server(engine)
+    server._watchdog = EngineWatchdog(engine, stall_timeout_s=0.3)
+    server._watchdog_task.cancel()
+    server._watchdog_task = asyncio.ensure_future(server._watch_engine(period_s=0.05))
+    gen = server.generate(CHAT, chat(stream=True, max_tokens=1000), "r9")
+    assert (await gen.__anext__()).streaming
+    await server.check_health()  # progressing: healthy
+    engine.frozen = True
+    t0 = time.monotonic()
+    with pytest.raises(StandInFailure):
+        async for _ in gen:
+            pass
+    assert 0.3 <= time.monotonic() - t0 < 2.0
+    with pytest.raises(EngineUnavailable, match="stalled"):
+        await server.check_health()
+    with pytest.raises(EngineUnavailable):
+        await collect(server.generate(CHAT, chat(), "r10"))
+
+
+def test_the_watchdog_counts_from_when_the_engine_became_busy():
+    """An engine idle for long is not stalled by its first request; one busy without progress is."""
+    from deployments.engine_watchdog import EngineWatchdog
+
+    class Engine:
+        unfinished, progress = 0, 0.0
+
+        def num_unfinished_requests(self):
+            return self.unfinished
+
+        def last_progress(self):
+            return self.progress
+
+    now = [1000.0]
+    engine = Engine()
+    dog = EngineWatchdog(engine, stall_timeout_s=5, clock=lambda: now[0])
+    assert dog.check() is None  # idle since t=0
+    engine.unfinished = 3
+    assert dog.check() is None  # busy from t=1000
+    now[0] = 1004.0
+    assert dog.check() is None
+    engine.progress = 1003.0
+    now[0] = 1007.0
+    assert dog.check() is None  # progressed 4 s ago
+    now[0] = 1008.5
+    assert "no progress for 5.5 s with 3 requests" in dog.check()
+    engine.unfinished = 0
+    assert dog.check() is None
