@@ -54,6 +54,8 @@ def _router_config(cfg: ModelConfig) -> dict | None:
     kwargs = dict(config.get("request_router_kwargs") or {})
     kwargs.setdefault("warm_prefixes", [warm_prefix_text(p) for p in cfg.warmup_system_prompts])
     config["request_router_kwargs"] = RouterSettings.model_validate(kwargs).model_dump()
+    # How soon routers learn that a replica's engine stalled (LLMServer.record_routing_stats).
+    config.setdefault("request_routing_stats_period_s", 2.0)
     return config
 
 

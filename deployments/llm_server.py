@@ -29,6 +29,7 @@ from common.process_reaper import start_reaper
 from common.errors import APIError, error_body
 from deployments.request_parsing import CHAT, validate_request
 from deployments.serving_metrics import DEADLINE_DROPS
+from router.request_router import UNHEALTHY_STAT
 
 logger = logging.getLogger("ray.serve")
 
@@ -195,6 +196,7 @@ class LLMServer:
         load = self._engine.load()
         return {
             "replica": self._replica_id,
+            "unhealthy": self._unhealthy,  # why Serve is to replace this replica (None: healthy)
             "running": load.running,
             "waiting": load.waiting,
             "unfinished": self._engine.num_unfinished_requests(),
@@ -204,6 +206,11 @@ class LLMServer:
             "requests_started": load.requests_started,
             "requests_finished": load.requests_finished,
         }
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Serve pushes this to every router of the deployment (request_routing_stats_period_s): a
+        replica whose engine stalled is skipped by router/request_router.py until it is replaced."""
+        return {UNHEALTHY_STAT: self._unhealthy is not None}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's autoscaler calls this on every replica; deployments/autoscaling.py reads it."""

@@ -37,6 +37,7 @@ logger = logging.getLogger("ray.serve")
 
 # Keyword arguments of an LLM call that the router reads (the ingress sets them).
 SESSION_KWARG = "session_id"
+UNHEALTHY_STAT = "unhealthy"  # a replica's routing stats key: true once it must not get requests
 PIN_KWARG = "replica"  # a replica's unique id: admin calls that must reach one given replica
 _MAX_UNROUTED = 10_000
 # An assignment whose send has not followed within this long was cancelled in between: forget it.
@@ -80,6 +81,10 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         pinned = pending_request.kwargs.get(PIN_KWARG)
         if pinned is not None:
             return [[r for r in candidate_replicas if r.replica_id.unique_id == pinned]]
+        # A replica that reports itself unhealthy (its engine stalled: deployments/engine_watchdog.py)
+        # gets nothing while another can take the request; Serve replaces it after its health checks.
+        healthy = [r for r in candidate_replicas if not (r.routing_stats or {}).get(UNHEALTHY_STAT)]
+        candidate_replicas = healthy or candidate_replicas
         payload = _payload(pending_request)
         text = routing_text(payload) if payload is not None else ""
         by_id = {r.replica_id: r for r in candidate_replicas}

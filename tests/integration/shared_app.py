@@ -37,6 +37,7 @@ def routed_model_config(first: dict) -> dict:
     cfg["num_cpus"] = 0.1  # a Ray reservation only: the app must fit the 2 logical CPUs of a 2-core host
     cfg["warmup_system_prompts"] = [WARM_SYSTEM_PROMPT]
     cfg["engine_args"]["max_model_len"] = 4096  # long generations hold admission slots in tests
+    cfg["stall_timeout_s"] = 5  # test_engine_stall.py freezes an engine core
     cfg["admission"] = {"max_inflight_per_replica": 1, "max_queued": 4, "max_queue_wait_s": 60,
                         "queue_share": {"high": 1.0, "normal": 0.75, "low": 0.5}}
     deployment = cfg.setdefault("deployment", {})
