@@ -46,11 +46,22 @@ def run_vllm_bench(server: Server, model: str, tokenizer: str, args, result_file
     return res
 
 
+# What is not the serving layer: the model's own processes and the benchmark client.
+NOT_THE_LAYER = {"vllm worker", "vllm engine core", "benchmark client"}
+
+
+def layer_cpu_ms(run: dict, warmups: int) -> float:
+    """The serving layer's CPU per request (ms): every process but the engine's and the client's.
+    For `vllm serve` that is its API server (plus whatever else ran on the machine meanwhile)."""
+    n = (run["completed"] or 0) + warmups + 1
+    return 1000 * sum(s for g, s in run["cpu_s_by_component"].items() if g not in NOT_THE_LAYER) / n
+
+
 def cpu_line(run: dict, warmups: int) -> str:
     n = (run["completed"] or 0) + warmups + 1
     cpu = dict(sorted(run["cpu_s_by_component"].items(), key=lambda kv: -kv[1]))
     parts = ", ".join(f"{g} {1000 * s / n:.1f}" for g, s in cpu.items() if s * 1000 / n >= 0.5)
-    return f"total {1000 * sum(cpu.values()) / n:.1f} = {parts}"
+    return f"total {1000 * sum(cpu.values()) / n:.1f}, serving layer {layer_cpu_ms(run, warmups):.1f} = {parts}"
 
 
 def parse_variant(text: str) -> tuple[str, dict, dict, int | None]:
@@ -115,6 +126,7 @@ def main(argv=None) -> None:
             finally:
                 c.stop()
             runs[c.name].append({k: res.get(k) for k in FIELDS} | {"cpu_s_by_component": res["cpu_s_by_component"]})
+            runs[c.name][-1]["serving_layer_cpu_ms_per_request"] = layer_cpu_ms(runs[c.name][-1], args.warmups)
             r = runs[c.name][-1]
             print(f"  {r['output_throughput']:.0f} tok/s, TTFT p50 {r['median_ttft_ms']:.0f} ms, "
                   f"failed {r['failed']}", flush=True)
@@ -123,6 +135,9 @@ def main(argv=None) -> None:
     summary = {}
     for name, rs in runs.items():
         summary[name] = {k: statistics.median([r[k] for r in rs]) for k in FIELDS if rs and rs[0].get(k) is not None}
+        if rs:
+            summary[name]["serving_layer_cpu_ms_per_request"] = statistics.median(
+                r["serving_layer_cpu_ms_per_request"] for r in rs)
     base = summary.get("vllm-serve")
     print()
     print(f"workload: random {args.input_len} in / {args.output_len} out, concurrency {args.concurrency}, "
@@ -138,7 +153,9 @@ def main(argv=None) -> None:
         for name, s in summary.items():
             if name != "vllm-serve":
                 print(f"{name}: throughput {s['output_throughput'] / base['output_throughput']:.3f}x vllm serve, "
-                      f"TTFT p50 {s['median_ttft_ms'] - base['median_ttft_ms']:+.1f} ms")
+                      f"TTFT p50 {s['median_ttft_ms'] - base['median_ttft_ms']:+.1f} ms, serving layer "
+                      f"{s['serving_layer_cpu_ms_per_request']:.1f} ms CPU/request vs "
+                      f"{base['serving_layer_cpu_ms_per_request']:.1f}")
     print("\nCPU per request by component (ms; all requests incl. warm-ups; last round):")
     for name, rs in runs.items():
         print(f"  {name}: {cpu_line(rs[-1], args.warmups)}")
