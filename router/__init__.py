@@ -1,4 +1,8 @@
-"""Replica choice for the LLM deployments (prefix-cache and load aware); see docs/architecture.md.
+"""Replica choice for the LLM deployments: prefix-cache, session and load aware; see docs/architecture.md.
 
-Empty until the routing issue lands: Serve's default power-of-two-choices router is in use.
+policy.py decides (prefix match over prefix_index.py's tree of prompt blocks, session affinity, the
+two-choices fallback under imbalance); request_router.py is the Serve `RequestRouter` that runs the
+policy inside every handle's routing loop (and skips replicas that report themselves unhealthy);
+prompt_text.py turns a request into the text the policy matches; registry.py lets the ingress find
+its process's router; metrics.py counts the decisions.
 """
