@@ -15,6 +15,7 @@ from ray.serve import Application
 from cache.config import CacheConfig
 from cache.embedded_redis import EmbeddedRedis
 from cache.service import SemanticCache
+from deployments.autoscaling import QueueLengthPolicy
 from deployments.config import AppConfig, ModelConfig, llm_deployment_name
 from deployments.ingress import Ingress
 from deployments.llm_server import LLMServer
@@ -59,7 +60,25 @@ def _router_config(cfg: ModelConfig) -> dict | None:
     return config
 
 
+def check_autoscaling_policy(cfg: ModelConfig) -> None:
+    """Build the model's autoscaling policy once here, so a wrong `policy_kwargs` (an unknown name, a
+    queue_weight below 1) fails `serve run` naming the model and the field; Serve itself accepts any
+    kwargs and the policy would fail inside the controller, every control loop, in its log only."""
+    auto = (cfg.deployment.as_options().get("autoscaling_config") or {})
+    policy = auto.get("policy") or {}
+    target = policy.get("policy_function")
+    if target not in (f"{QueueLengthPolicy.__module__}:{QueueLengthPolicy.__qualname__}", QueueLengthPolicy):
+        return
+    kwargs = policy.get("policy_kwargs") or {}
+    try:
+        QueueLengthPolicy(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"models[{cfg.name}].deployment.autoscaling_config.policy.policy_kwargs "
+                         f"{kwargs}: {e}") from None
+
+
 def build_llm_deployment(cfg: ModelConfig) -> Application:
+    check_autoscaling_policy(cfg)
     options = cfg.deployment.as_options()
     router = _router_config(cfg)
     if router is not None:

@@ -73,12 +73,15 @@ class StandInEngine(Engine):
 
     def __init__(self, model_name: str, ttft_s: float = 0.02, itl_s: float = 0.01, interval_s: float = 0.05,
                  max_tokens_per_chunk: int = 64, max_model_len: int = 2048,
-                 fail_after_chunks: Optional[int] = None):
+                 fail_after_chunks: Optional[int] = None, max_num_seqs: Optional[int] = None):
         self.model_name = model_name
         self.ttft_s, self.itl_s = ttft_s, itl_s
         self.interval_s, self.max_tokens_per_chunk = interval_s, max_tokens_per_chunk
         self.max_model_len = max_model_len
         self.fail_after_chunks = fail_after_chunks
+        # Like the real engine's batch: requests beyond it wait (and count as waiting) for a seat.
+        self._seats = asyncio.Semaphore(max_num_seqs) if max_num_seqs else None
+        self._waiting = 0
         self.healthy = True
         self.frozen = False  # True: no more output, as an engine process stopped with SIGSTOP
         self._killed = False
@@ -93,7 +96,7 @@ class StandInEngine(Engine):
         s = cfg.stand_in
         return cls(cfg.name, ttft_s=s.ttft_ms / 1000, itl_s=s.itl_ms / 1000,
                    interval_s=cfg.streaming.interval_ms / 1000, max_tokens_per_chunk=cfg.streaming.max_tokens_per_chunk,
-                   max_model_len=cfg.engine_args.max_model_len or 2048)
+                   max_model_len=cfg.engine_args.max_model_len or 2048, max_num_seqs=cfg.engine_args.max_num_seqs)
 
     # ---- the protocol ------------------------------------------------------------------------
 
@@ -114,7 +117,8 @@ class StandInEngine(Engine):
             raise RuntimeError("stand-in engine marked unhealthy")
 
     def load(self) -> EngineLoad:
-        return EngineLoad(running=len(self._running), waiting=0, requests_started=self._load.requests_started,
+        return EngineLoad(running=len(self._running) - self._waiting, waiting=self._waiting,
+                          requests_started=self._load.requests_started,
                           requests_finished=self._load.requests_finished)
 
     def num_unfinished_requests(self) -> int:
@@ -150,7 +154,7 @@ class StandInEngine(Engine):
                           total_tokens=_prompt_tokens(request) + n_out * n)
         if request.stream:
             return self._stream(request, engine_id, chat, n_out, n, usage)
-        self._begin(engine_id)
+        await self._begin(engine_id)
         try:
             await self._step(self.ttft_s + self.itl_s * (n_out - 1))
             if engine_id in self._aborted:
@@ -167,13 +171,25 @@ class StandInEngine(Engine):
             id=engine_id, model=self.model_name, usage=usage,
             choices=[CompletionResponseChoice(index=i, text=text, finish_reason="length") for i in range(n)])
 
-    def _begin(self, engine_id: str) -> None:
+    async def _begin(self, engine_id: str) -> None:
+        """Hold the request (as unfinished) and wait for a seat in the batch."""
         self._running.add(engine_id)
+        if self._seats is not None:
+            self._waiting += 1
+            try:
+                await self._seats.acquire()
+            except BaseException:
+                self._running.discard(engine_id)
+                raise
+            finally:
+                self._waiting -= 1
 
     def _end(self, engine_id: str) -> None:
         self._running.discard(engine_id)
         self._aborted.discard(engine_id)
         self._load.requests_finished += 1
+        if self._seats is not None:
+            self._seats.release()
 
     def _chunk(self, engine_id: str, chat: bool, n: int, text: Optional[str], finish: Optional[str],
                role: bool = False, created: int = 0) -> str:
@@ -192,7 +208,7 @@ class StandInEngine(Engine):
 
     async def _stream(self, request: OpenAIRequest, engine_id: str, chat: bool, n_out: int, n: int,
                       usage: UsageInfo) -> AsyncGenerator[str, None]:
-        self._begin(engine_id)
+        await self._begin(engine_id)
         created = int(time.time())
         started = time.monotonic()
         try:

@@ -48,6 +48,33 @@ def routed_model_config(first: dict) -> dict:
     return cfg
 
 
+# The third model: the stand-in engine (no model, no compute) under the queue-length autoscaling
+# policy in the live Serve controller, 1 to 2 replicas, a 2-request batch so that requests wait inside
+# the "engine" (tests/integration/test_autoscaling_live.py).
+AUTOSCALED_MODEL = "stand-in-autoscaled"
+
+
+def autoscaled_model_config(first: dict) -> dict:
+    cfg = copy.deepcopy(first)
+    cfg.update(served_model_name=AUTOSCALED_MODEL, engine="stand_in", num_cpus=0.05, warmup_requests=0,
+               stand_in={"ttft_ms": 50, "itl_ms": 50}, engine_metrics=False)
+    cfg["engine_args"]["max_num_seqs"] = 2
+    cfg.pop("env", None)
+    cfg["admission"] = {"max_inflight_per_replica": 64, "max_queued": 64}
+    deployment = cfg.setdefault("deployment", {})
+    deployment.pop("request_router_config", None)
+    deployment["autoscaling_config"] = {
+        "min_replicas": 1, "max_replicas": 2,
+        # 20 running requests per replica: 8 requests alone never ask for a second replica; only the
+        # engine's waiting requests (weighted 2x) do, which Serve's default policy does not see.
+        "target_ongoing_requests": 20, "upscale_delay_s": 1, "downscale_delay_s": 5,
+        "metrics_interval_s": 0.5, "look_back_period_s": 2,
+        "policy": {"policy_function": "deployments.autoscaling:QueueLengthPolicy",
+                   "policy_kwargs": {"queue_weight": 4.0, "floor": 1}},
+    }
+    return cfg
+
+
 # The secure app's API keys (serve_config.yaml holds only their SHA-256 digests).
 SECURE_PREFIX = "/secure"
 TENANT_KEYS = {"team-a": "sk-test-team-a", "team-b": "sk-test-team-b", "team-c": "sk-test-team-c",
@@ -108,7 +135,7 @@ def build_test_app(port: int, log_dir: Path) -> Raygate:
     first = dict(models[0], num_cpus=0.5)
     overrides = {"cache.embedded.port": redis_port, "cache.deployment.num_replicas": 2,
                  "cache.deployment.autoscaling_config": None,
-                 "models": [first, routed_model_config(models[0])]}
+                 "models": [first, routed_model_config(models[0]), autoscaled_model_config(models[0])]}
     return Raygate(REPO / "serve_config.yaml", port, log_dir, overrides=overrides,
                    extra_apps=[secure_app_config(main_app, models[0], redis_port)])
 

@@ -66,3 +66,17 @@ def test_serve_accepts_the_policy_in_an_autoscaling_config():
                             policy={"policy_function": "deployments.autoscaling:QueueLengthPolicy",
                                     "policy_kwargs": {"queue_weight": 2.0, "floor": 1}})
     assert cfg.policy.policy_kwargs == {"queue_weight": 2.0, "floor": 1}
+
+
+@pytest.mark.parametrize("kwargs, needle", [({"queue_weight": 2.0, "bogus": 3}, "bogus"),
+                                             ({"queue_weight": 0.1}, "queue_weight")])
+def test_wrong_policy_kwargs_fail_the_build_naming_the_model_and_the_field(kwargs, needle):
+    from deployments.app import build_llm_deployment
+    from deployments.config import ModelConfig
+
+    policy = {"policy_function": "deployments.autoscaling:QueueLengthPolicy", "policy_kwargs": kwargs}
+    cfg = ModelConfig(served_model_name="m", deployment={"autoscaling_config": {"min_replicas": 1, "max_replicas": 2,
+                                                                                 "policy": policy}})
+    with pytest.raises(ValueError, match=needle) as e:
+        build_llm_deployment(cfg)
+    assert "models[m].deployment.autoscaling_config.policy.policy_kwargs" in str(e.value)

@@ -207,3 +207,16 @@ def test_the_watchdog_counts_from_when_the_engine_became_busy():
     assert "no progress for 5.5 s with 3 requests" in dog.check()
     engine.unfinished = 0
     assert dog.check() is None
+
+
+async def test_requests_beyond_the_stand_ins_batch_wait_and_count_as_waiting():
+    """What the autoscaling policy reads (record_autoscaling_stats): running and waiting."""
+    engine = StandInEngine("m", ttft_s=0.2, itl_s=0.0, max_num_seqs=2)
+    server = await make_server(engine, batching=False)
+    tasks = [asyncio.ensure_future(collect(server.generate(CHAT, chat(), f"w{i}"))) for i in range(5)]
+    await asyncio.sleep(0.1)
+    from deployments.autoscaling import ENGINE_RUNNING, ENGINE_WAITING
+
+    assert server.record_autoscaling_stats() == {ENGINE_RUNNING: 2.0, ENGINE_WAITING: 3.0}
+    await asyncio.gather(*tasks)
+    assert server.record_autoscaling_stats() == {ENGINE_RUNNING: 0.0, ENGINE_WAITING: 0.0}
