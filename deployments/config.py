@@ -53,6 +53,10 @@ class StreamingConfig(BaseModel):
 
     interval_ms: float = Field(default=50.0, ge=0, le=1000)
     max_tokens_per_chunk: int = Field(default=64, ge=1)
+    # All of a replica's streams together get at most this many chunks per second: with many streams
+    # each one's interval grows to streams / max_chunks_per_s (deployments/stream_coalescing.py,
+    # ChunkBudget). null: a fixed `interval_ms` whatever the load.
+    max_chunks_per_s: Optional[float] = Field(default=None, gt=0)
 
 
 class SubmitBatchingConfig(BaseModel):

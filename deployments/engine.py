@@ -34,7 +34,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 
 from deployments.config import BUILTIN_DEMO, ModelConfig, StreamingConfig
 from deployments.engine_protocol import Engine, EngineLoad, OpenAIRequest, ServeResult
-from deployments.stream_coalescing import coalesce_outputs
+from deployments.stream_coalescing import ChunkBudget
 
 logger = logging.getLogger("raygate.engine")
 
@@ -71,13 +71,14 @@ class CoalescingAsyncLLM(AsyncLLM):
     layer renders them; see deployments/stream_coalescing.py for why."""
 
     streaming: StreamingConfig = StreamingConfig()
+    budget: ChunkBudget = ChunkBudget(0.05, None)
 
     def generate(self, prompt, sampling_params, request_id, **kwargs):  # type: ignore[override]
         source = super().generate(prompt, sampling_params, request_id, **kwargs)
         cfg = self.streaming
-        if cfg.interval_ms <= 0 or sampling_params.output_kind != RequestOutputKind.DELTA:
+        if (cfg.interval_ms <= 0 and not cfg.max_chunks_per_s) or sampling_params.output_kind != RequestOutputKind.DELTA:
             return source
-        return coalesce_outputs(source, cfg.interval_ms / 1000.0, cfg.max_tokens_per_chunk)
+        return self.budget.coalesce(source, cfg.max_tokens_per_chunk)
 
 
 def resolve_model_source(cfg: ModelConfig) -> str:
@@ -149,6 +150,7 @@ class VLLMEngine(Engine):
             disable_log_stats=False,
         )
         engine.streaming = cfg.streaming
+        engine.budget = ChunkBudget(cfg.streaming.interval_ms / 1000.0, cfg.streaming.max_chunks_per_s)
         return cls(cfg, engine, model_path)
 
     async def chat(self, request: ChatCompletionRequest, request_id: str) -> ServeResult:

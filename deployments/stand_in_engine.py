@@ -40,6 +40,7 @@ from vllm.entrypoints.openai.completion.protocol import (
 from vllm.entrypoints.serve.engine.protocol import ModelCard
 
 from deployments.engine_protocol import Engine, EngineLoad, OpenAIRequest, ServeResult
+from deployments.stream_coalescing import ChunkBudget
 
 if TYPE_CHECKING:
     from deployments.config import ModelConfig
@@ -73,10 +74,12 @@ class StandInEngine(Engine):
 
     def __init__(self, model_name: str, ttft_s: float = 0.02, itl_s: float = 0.01, interval_s: float = 0.05,
                  max_tokens_per_chunk: int = 64, max_model_len: int = 2048,
-                 fail_after_chunks: Optional[int] = None, max_num_seqs: Optional[int] = None):
+                 fail_after_chunks: Optional[int] = None, max_num_seqs: Optional[int] = None,
+                 max_chunks_per_s: Optional[float] = None):
         self.model_name = model_name
         self.ttft_s, self.itl_s = ttft_s, itl_s
-        self.interval_s, self.max_tokens_per_chunk = interval_s, max_tokens_per_chunk
+        self.max_tokens_per_chunk = max_tokens_per_chunk
+        self.budget = ChunkBudget(interval_s, max_chunks_per_s)  # the real engine's chunk interval rule
         self.max_model_len = max_model_len
         self.fail_after_chunks = fail_after_chunks
         # Like the real engine's batch: requests beyond it wait (and count as waiting) for a seat.
@@ -96,6 +99,7 @@ class StandInEngine(Engine):
         s = cfg.stand_in
         return cls(cfg.name, ttft_s=s.ttft_ms / 1000, itl_s=s.itl_ms / 1000,
                    interval_s=cfg.streaming.interval_ms / 1000, max_tokens_per_chunk=cfg.streaming.max_tokens_per_chunk,
+                   max_chunks_per_s=cfg.streaming.max_chunks_per_s,
                    max_model_len=cfg.engine_args.max_model_len or 2048, max_num_seqs=cfg.engine_args.max_num_seqs)
 
     # ---- the protocol ------------------------------------------------------------------------
@@ -209,6 +213,7 @@ class StandInEngine(Engine):
     async def _stream(self, request: OpenAIRequest, engine_id: str, chat: bool, n_out: int, n: int,
                       usage: UsageInfo) -> AsyncGenerator[str, None]:
         await self._begin(engine_id)
+        self.budget.streams += 1
         created = int(time.time())
         started = time.monotonic()
         try:
@@ -235,7 +240,7 @@ class StandInEngine(Engine):
                     # The next chunk: when its first token exists and the interval has passed since
                     # this one, but never after the last token (the end leaves at once).
                     flushed = time.monotonic() - started
-                    due = min(max(self.ttft_s + self.itl_s * sent, flushed + self.interval_s), last_token_at)
+                    due = min(max(self.ttft_s + self.itl_s * sent, flushed + self.budget.interval_s()), last_token_at)
                     await self._step(max(0.0, due - (time.monotonic() - started)))
             yield self._finish_chunk(engine_id, chat, n, created)
             options = request.stream_options
@@ -244,6 +249,7 @@ class StandInEngine(Engine):
                 yield f"data: {cls(id=engine_id, model=self.model_name, created=created, choices=[], usage=usage).model_dump_json(exclude_unset=True)}\n\n"
             yield "data: [DONE]\n\n"
         finally:
+            self.budget.streams -= 1
             self._end(engine_id)
 
     def _finish_chunk(self, engine_id: str, chat: bool, n: int, created: int) -> str:

@@ -107,3 +107,15 @@ async def test_engine_error_reaches_the_consumer_after_pending_output():
         async for out in coalesce_outputs(failing(), interval_s=0.05, max_tokens=1000):
             seen.extend(out.outputs[0].token_ids)
     assert seen == [1, 2]
+
+
+def test_a_chunk_budget_stretches_each_streams_interval_with_the_streams_in_flight():
+    from deployments.stream_coalescing import ChunkBudget
+
+    budget = ChunkBudget(min_interval_s=0.05, max_chunks_per_s=400)
+    assert budget.interval_s() == 0.05
+    budget.streams = 10
+    assert budget.interval_s() == 0.05  # 10 streams x 20 chunks/s = 200/s: within the budget
+    budget.streams = 64
+    assert budget.interval_s() == 64 / 400  # 0.16 s: 400 chunks/s in all
+    assert ChunkBudget(0.05, None).interval_s() == 0.05  # no budget: the fixed interval
