@@ -13,7 +13,9 @@ import time
 import uuid
 from typing import Any, Iterator, Optional
 
-CHAT = "chat"
+from common.request_kind import RequestKind
+
+CHAT = RequestKind.CHAT
 
 
 def _new_id(kind: str) -> str:
