@@ -94,7 +94,15 @@ class ModelConfig(BaseModel):
     # The name clients send as `model` and see in /v1/models; defaults to `model`.
     served_model_name: Optional[str] = None
     tokenizer: Optional[str] = None
+    # Tool calling and reasoning, with vLLM's names and values (`vllm serve --enable-auto-tool-choice
+    # --tool-call-parser hermes --reasoning-parser ... --chat-template ...`). `chat_template`: a file
+    # (absolute, or relative to the raygate checkout) or the template itself; None: the tokenizer's.
+    # `tool_choice` "required" and a named function work without a parser (vLLM's structured
+    # outputs); "auto" needs `enable_auto_tool_choice` and a parser matching the chat template.
     chat_template: Optional[str] = None
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: Optional[str] = None
+    reasoning_parser: Optional[str] = None
     engine_args: EngineArgs = Field(default_factory=EngineArgs)
     # The engine behind the replica (deployments/engine_protocol.py): vLLM, or the stand-in that emits
     # timed tokens with no model (`stand_in`), for measuring the serving layer alone.
@@ -121,6 +129,13 @@ class ModelConfig(BaseModel):
     # vLLM's own Prometheus series (TTFT, ITL, E2E and queue histograms, KV-cache and prefix-cache
     # use) exported through Ray's metrics agent as `ray_vllm_*`, tagged with the replica.
     engine_metrics: bool = True
+
+    @model_validator(mode="after")
+    def _auto_tools_need_a_parser(self) -> "ModelConfig":
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("enable_auto_tool_choice needs tool_call_parser (e.g. hermes, llama3_json, "
+                             "qwen3_coder, glm45): the parser that reads this model's tool calls")
+        return self
 
     @property
     def name(self) -> str:

@@ -12,7 +12,8 @@ import logging
 import os
 import time
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import psutil
 from starlette.requests import Request
@@ -89,9 +90,24 @@ def resolve_model_source(cfg: ModelConfig) -> str:
     return cfg.model
 
 
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def resolve_chat_template(value: Optional[str]) -> Optional[str]:
+    """A configured chat template: a file path (absolute, or relative to the raygate checkout, so a
+    replica finds it whatever its working directory) or the template text itself."""
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_absolute() and (_REPO / path).is_file():
+        value = str(_REPO / path)
+    return load_chat_template(value)
+
+
 def _raw_request(request_id: str) -> Request:
     # vLLM's serving layer reads only headers and `.state` from the HTTP request; the ingress owns
-    # the real one. Passing our id makes vLLM's engine request id equal to the client-visible one.
+    # the real one. `request_id` is raygate's own unique id (never the client's x-request-id): vLLM
+    # derives its engine request ids from this header, and aborts find requests by them.
     return Request({"type": "http", "headers": [(b"x-request-id", request_id.encode())], "state": {}})
 
 
@@ -104,7 +120,7 @@ class VLLMEngine(Engine):
         self.model_path = model_path
         name = cfg.name
         self.models = OpenAIServingModels(engine, [BaseModelPath(name=name, model_path=model_path)])
-        template = load_chat_template(cfg.chat_template) if cfg.chat_template else None
+        template = resolve_chat_template(cfg.chat_template)
         renderer = OnlineRenderer(
             model_config=engine.model_config,
             renderer=engine.renderer,
@@ -121,6 +137,9 @@ class VLLMEngine(Engine):
             request_logger=None,
             chat_template=template,
             chat_template_content_format="auto",
+            enable_auto_tools=cfg.enable_auto_tool_choice,
+            tool_parser=cfg.tool_call_parser,
+            reasoning_parser=cfg.reasoning_parser or "",
         )
         self.completion_serving = OpenAIServingCompletion(
             engine, self.models, online_renderer=renderer, request_logger=None
