@@ -38,3 +38,18 @@ def test_mistakes_are_refused_before_anything_else_sees_the_request(payload, sta
     with pytest.raises(APIError) as e:
         view(payload)
     assert (e.value.status, e.value.param) == (status, param), e.value.message
+
+
+def test_a_text_only_model_refuses_a_non_text_part_naming_it():
+    from deployments.engine import text_only_refusal
+    from deployments.request_parsing import validate_request
+
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    request = validate_request(RequestKind.CHAT, {"model": "m", "messages": [
+        {"role": "user", "content": "hi"}, {"role": "user", "content": [{"type": "text", "text": "a"}, image]}]})
+    refused = text_only_refusal("m", request)
+    assert refused.error.code == 400 and refused.error.param == "messages.1.content.1"
+    assert "image_url" in refused.error.message
+    text = validate_request(RequestKind.CHAT, {"model": "m", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "a"}]}]})
+    assert text_only_refusal("m", text) is None
