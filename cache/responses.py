@@ -117,8 +117,11 @@ def as_sse(kind: str, entry: dict, include_usage: bool) -> Iterator[str]:
 class StreamCollector:
     """Folds a live stream's SSE events into the body a non-streaming request would have received."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, forced_tools: bool = False):
+        """`forced_tools`: the request's tool_choice was "required" or a named function, for which vLLM
+        answers `content: ""` beside the calls (None when "auto" produced them)."""
         self.kind = kind
+        self.forced_tools = forced_tools
         self.head: dict[str, Any] = {}
         self.choices: dict[int, dict[str, Any]] = {}
         self.usage: Optional[dict] = None
@@ -194,7 +197,7 @@ class StreamCollector:
                 calls = [ToolCall(id=t["id"], function=FunctionCall(name=t["name"], arguments=t["arguments"]))
                          if t["id"] else ToolCall(function=FunctionCall(name=t["name"], arguments=t["arguments"]))
                          for _, t in sorted(s["tools"].items())]
-                content = s["text"] if s["text"] or not calls else None
+                content = s["text"] if s["text"] or not calls or self.forced_tools else None
                 message = ChatMessage(role="assistant", content=content, tool_calls=calls,
                                       reasoning=s["reasoning"] or None)
                 choices.append(ChatCompletionResponseChoice(index=i, message=message, logprobs=None,

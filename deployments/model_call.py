@@ -141,7 +141,8 @@ class ModelCaller:
             return Response(head.body, status_code=head.status, media_type="application/json", headers=headers)
         tap = None
         if write_back is not None:
-            tap = _StreamTap(StreamCollector(ctx.view.kind), strip_usage, write_back)
+            forced = getattr(request, "tool_choice", None) not in (None, "none", "auto")
+            tap = _StreamTap(StreamCollector(ctx.view.kind, forced_tools=forced), strip_usage, write_back)
         return StreamingResponse(self._relay(head.body, stream, slot, tap), media_type="text/event-stream",
                                  headers=headers)
 

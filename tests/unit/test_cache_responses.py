@@ -125,3 +125,13 @@ def test_unfinished_failed_or_logprob_streams_are_not_stored():
     with_logprobs = json.loads(json.dumps(CHAT_BODY))
     with_logprobs["choices"][0]["logprobs"] = {"content": []}
     assert not storable(with_logprobs)
+
+
+def test_forced_tool_calls_fold_with_the_empty_content_vllm_answers():
+    """tool_choice required or named: vLLM's non-streamed message has content "" beside the calls."""
+    forced = chat_body(ChatMessage(role="assistant", content="", tool_calls=[
+        ToolCall(id="chatcmpl-tool-1", function=FunctionCall(name="get_weather", arguments="{}"))]))
+    c = StreamCollector("chat", forced_tools=True)
+    for chunk in as_sse("chat", forced, include_usage=True):
+        c.feed(chunk)
+    assert same_answer(c.result(), forced)
