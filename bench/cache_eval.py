@@ -48,6 +48,8 @@ from bench.report import write_json
 from cache.config import CacheConfig, RequestCacheOptions
 from cache.embedder import Embedder
 from cache.keys import plan
+from common.request_kind import RequestKind
+from deployments.request_parsing import validate_request
 from cache.guards import details, mismatch, normalize
 from cache.matching import CANDIDATES, guarded_neighbours
 from cache.store import IndexRecord
@@ -65,9 +67,11 @@ def _conversation(group_id: str, variant: str) -> list[dict]:
             {"role": "assistant", "content": f"Earlier answer in conversation {variant}."}]
 
 
-def _request(text: str, system: Optional[str], history: list[dict]) -> dict:
+def _request(text: str, system: Optional[str], history: list[dict]):
+    """The request as the ingress validates it (cache/keys.py keys the validated request)."""
     messages = ([{"role": "system", "content": system}] if system else []) + history
-    return {"model": MODEL, "messages": messages + [{"role": "user", "content": text}], "temperature": 0}
+    return validate_request(RequestKind.CHAT, {"model": MODEL, "messages": messages + [{"role": "user", "content": text}],
+                                               "temperature": 0})
 
 
 @dataclass

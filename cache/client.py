@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from cache import metrics
 from cache.config import CacheConfig
 from cache.keys import CachePlan
+from cache.matching import SemanticLookup
 from cache.store import resolve_redis_url
 from cache.store import CacheStore, StoreUnavailable
 
@@ -79,12 +80,12 @@ class IngressCache:
         if plan.query is None:
             metrics.LOOKUPS.inc(tags={"result": "miss"})
             return CacheMiss()
-        found = await self._semantic.lookup.remote(plan.scope, plan.query, plan.threshold)
-        if found["hit"]:
+        found: SemanticLookup = await self._semantic.lookup.remote(plan.scope, plan.query, plan.threshold)
+        if found.hit:
             metrics.LOOKUPS.inc(tags={"result": "hit_semantic"})
-            return CacheHit("semantic", json.loads(found["response"]), found["similarity"])
-        metrics.LOOKUPS.inc(tags={"result": "bypass" if found["bypass"] else "miss"})
-        return CacheMiss(bypass=found["bypass"], embedding=found["embedding"])
+            return CacheHit("semantic", json.loads(found.response), found.similarity)
+        metrics.LOOKUPS.inc(tags={"result": "bypass" if found.bypass else "miss"})
+        return CacheMiss(bypass=found.bypass, embedding=found.embedding)
 
     # ---- coalescing --------------------------------------------------------------------------
 

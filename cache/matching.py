@@ -6,12 +6,28 @@ figures the evaluation prints are those of the code that serves requests.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 from cache.guards import mismatch
 from cache.vector_index import Neighbour, VectorIndex
+
+@dataclass(frozen=True)
+class SemanticLookup:
+    """What `SemanticCache.lookup` answers: a hit (the entry's key, similarity and stored response
+    bytes) or a miss; either way the query's embedding (float32 bytes), which the ingress reuses
+    for the write-back. `bypass`: Redis did not answer, the lookup could not be made."""
+
+    hit: bool
+    embedding: bytes
+    replica: str  # the SemanticCache replica that answered
+    bypass: bool = False
+    key: Optional[str] = None
+    similarity: float = 0.0
+    response: Optional[bytes] = None
+
 
 # Neighbours above the threshold examined per lookup: a rejected nearest one may hide a valid second.
 CANDIDATES = 4

@@ -1,9 +1,13 @@
 """Cached answers in both shapes: a finished OpenAI response, and the SSE stream a live one would send.
 
-An entry is stored as the non-streaming response body (`chat.completion` or `text_completion`).
-A streamed generation is folded into that body as its chunks pass (`StreamCollector`), and a
-streaming request that hits is answered with chunks framed like vLLM's own: a role chunk, the
-content, a finish chunk, the usage chunk when `stream_options.include_usage` asks, `[DONE]`.
+An entry is stored as the non-streaming response body (`chat.completion` or `text_completion`), as
+vLLM's serving layer renders it. A streamed generation is folded into that same body as its chunks
+pass (`StreamCollector`, which builds it with vLLM's response models, so it has exactly the fields
+of a non-streamed answer). A request that hits is answered as *it* asks, whatever the request that
+stored the entry asked: JSON, or SSE chunks built with vLLM's chunk models and dumped as vLLM dumps
+them -- per choice a role chunk, the content, the tool calls (each whole, with its id and name), a
+finish chunk with `finish_reason` and `stop_reason` -- then the usage chunk when
+`stream_options.include_usage` asks, then `[DONE]`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,28 @@ import time
 import uuid
 from typing import Any, Iterator, Optional
 
-CHAT = "chat"
+from vllm.entrypoints.generate.base.protocol import DeltaFunctionCall, DeltaToolCall, FunctionCall, ToolCall
+from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionResponseStreamChoice,
+    ChatCompletionStreamResponse,
+    ChatMessage,
+    DeltaMessage,
+)
+from vllm.entrypoints.openai.completion.protocol import (
+    CompletionResponse,
+    CompletionResponseChoice,
+    CompletionResponseStreamChoice,
+    CompletionStreamResponse,
+)
+from vllm.entrypoints.serve.engine.protocol import UsageInfo
+
+from common.request_kind import RequestKind
+
+CHAT = RequestKind.CHAT
+# Finish reasons of complete answers; "abort" or an error is never stored.
+_COMPLETE = ("stop", "length", "tool_calls")
 
 
 def _new_id(kind: str) -> str:
@@ -21,15 +46,16 @@ def _new_id(kind: str) -> str:
 
 
 def storable(body: dict) -> bool:
-    """Only complete text answers are cached: no tool calls, no cut-off or failed generation."""
+    """Only complete answers are cached: text or tool calls, never a cut-off or failed generation,
+    nor per-token data an entry would replay without (logprobs)."""
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         return False
     for choice in choices:
-        if choice.get("finish_reason") not in ("stop", "length"):
+        if choice.get("finish_reason") not in _COMPLETE or choice.get("logprobs") is not None:
             return False
         message = choice.get("message")
-        if message is not None and (message.get("tool_calls") or message.get("content") is None):
+        if message is not None and message.get("content") is None and not message.get("tool_calls"):
             return False
     return True
 
@@ -42,39 +68,60 @@ def as_response(kind: str, entry: dict) -> dict:
     return body
 
 
-def _sse(obj: dict) -> str:
-    return "data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n\n"
+def _sse(model: Any) -> str:
+    return f"data: {model.model_dump_json(exclude_unset=True)}\n\n"
+
+
+def _chat_chunks(base: dict, choice: dict) -> Iterator[str]:
+    i = choice.get("index", 0)
+    message = choice.get("message") or {}
+
+    def chunk(delta: DeltaMessage, **extra) -> str:
+        return _sse(ChatCompletionStreamResponse(**base, choices=[ChatCompletionResponseStreamChoice(
+            index=i, delta=delta, logprobs=None, **extra)]))
+
+    yield chunk(DeltaMessage(role=message.get("role") or "assistant", content=""), finish_reason=None)
+    if message.get("reasoning"):
+        yield chunk(DeltaMessage(reasoning=message["reasoning"]), finish_reason=None)
+    if message.get("content"):
+        yield chunk(DeltaMessage(content=message["content"]), finish_reason=None)
+    for k, call in enumerate(message.get("tool_calls") or []):
+        fn = call.get("function") or {}
+        yield chunk(DeltaMessage(tool_calls=[DeltaToolCall(
+            id=call.get("id"), type="function", index=k,
+            function=DeltaFunctionCall(name=fn.get("name"), arguments=fn.get("arguments") or ""))]),
+            finish_reason=None)
+    yield chunk(DeltaMessage(), finish_reason=choice.get("finish_reason"), stop_reason=choice.get("stop_reason"))
+
+
+def _completion_chunks(base: dict, choice: dict) -> Iterator[str]:
+    i = choice.get("index", 0)
+    for text, finish, stop in ((choice.get("text") or "", None, None),
+                               ("", choice.get("finish_reason"), choice.get("stop_reason"))):
+        yield _sse(CompletionStreamResponse(**base, choices=[CompletionResponseStreamChoice(
+            index=i, text=text, logprobs=None, finish_reason=finish, stop_reason=stop)]))
 
 
 def as_sse(kind: str, entry: dict, include_usage: bool) -> Iterator[str]:
-    """A stored body as the SSE events of a live stream (one content chunk per choice)."""
+    """A stored body as the SSE events of a live stream, framed as vLLM frames them."""
     base = {"id": _new_id(kind), "created": int(time.time()), "model": entry.get("model")}
-    obj = "chat.completion.chunk" if kind == CHAT else "text_completion"
     for choice in entry["choices"]:
-        i = choice.get("index", 0)
-        if kind == CHAT:
-            yield _sse({**base, "object": obj, "choices": [
-                {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]})
-            content = (choice.get("message") or {}).get("content") or ""
-            yield _sse({**base, "object": obj, "choices": [
-                {"index": i, "delta": {"content": content}, "logprobs": None, "finish_reason": None}]})
-            yield _sse({**base, "object": obj, "choices": [
-                {"index": i, "delta": {}, "logprobs": None, "finish_reason": choice.get("finish_reason")}]})
-        else:
-            yield _sse({**base, "object": obj, "choices": [
-                {"index": i, "text": choice.get("text") or "", "logprobs": None, "finish_reason": None}]})
-            yield _sse({**base, "object": obj, "choices": [
-                {"index": i, "text": "", "logprobs": None, "finish_reason": choice.get("finish_reason")}]})
+        yield from (_chat_chunks if kind == CHAT else _completion_chunks)(base, choice)
     if include_usage and entry.get("usage") is not None:
-        yield _sse({**base, "object": obj, "choices": [], "usage": entry["usage"]})
+        usage = UsageInfo(**{k: v for k, v in entry["usage"].items() if v is not None})
+        cls = ChatCompletionStreamResponse if kind == CHAT else CompletionStreamResponse
+        yield f"data: {cls(**base, choices=[], usage=usage).model_dump_json(exclude_unset=True, exclude_none=True)}\n\n"
     yield "data: [DONE]\n\n"
 
 
 class StreamCollector:
     """Folds a live stream's SSE events into the body a non-streaming request would have received."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, forced_tools: bool = False):
+        """`forced_tools`: the request's tool_choice was "required" or a named function, for which vLLM
+        answers `content: ""` beside the calls (None when "auto" produced them)."""
         self.kind = kind
+        self.forced_tools = forced_tools
         self.head: dict[str, Any] = {}
         self.choices: dict[int, dict[str, Any]] = {}
         self.usage: Optional[dict] = None
@@ -115,28 +162,51 @@ class StreamCollector:
         if obj.get("usage"):
             self.usage = obj["usage"]
         for c in obj.get("choices") or []:
-            slot = self.choices.setdefault(c.get("index", 0), {"text": "", "finish_reason": None, "tool": False})
+            slot = self.choices.setdefault(c.get("index", 0), {"text": "", "reasoning": "", "finish_reason": None,
+                                                               "stop_reason": None, "tools": {}, "logprobs": False})
+            slot["logprobs"] = slot["logprobs"] or c.get("logprobs") is not None
             if self.kind == CHAT:
                 delta = c.get("delta") or {}
                 slot["text"] += delta.get("content") or ""
-                slot["tool"] = slot["tool"] or bool(delta.get("tool_calls"))
+                slot["reasoning"] += delta.get("reasoning") or ""
+                for call in delta.get("tool_calls") or []:
+                    tool = slot["tools"].setdefault(call.get("index", 0), {"id": None, "name": "", "arguments": ""})
+                    tool["id"] = call.get("id") or tool["id"]
+                    fn = call.get("function") or {}
+                    tool["name"] += fn.get("name") or ""
+                    tool["arguments"] += fn.get("arguments") or ""
             else:
                 slot["text"] += c.get("text") or ""
             if c.get("finish_reason"):
                 slot["finish_reason"] = c["finish_reason"]
+                slot["stop_reason"] = c.get("stop_reason")
 
     def result(self) -> Optional[dict]:
-        """The folded body, or None when the stream did not end cleanly or is not cacheable."""
-        if self.failed or not self.done or not self.choices or any(s["tool"] for s in self.choices.values()):
+        """The folded body (vLLM's non-streaming response, all its fields), or None when the stream did
+        not end cleanly or is not cacheable."""
+        if self.failed or not self.done or not self.choices or self.usage is None:
             return None
-        choices = []
-        for i in sorted(self.choices):
-            s = self.choices[i]
-            if self.kind == CHAT:
-                choices.append({"index": i, "message": {"role": "assistant", "content": s["text"]},
-                                "logprobs": None, "finish_reason": s["finish_reason"]})
-            else:
-                choices.append({"index": i, "text": s["text"], "logprobs": None, "finish_reason": s["finish_reason"]})
-        body = {**self.head, "object": "chat.completion" if self.kind == CHAT else "text_completion",
-                "choices": choices, "usage": self.usage}
-        return body if storable(body) else None
+        if any(s["logprobs"] for s in self.choices.values()):
+            return None
+        usage = UsageInfo(**{k: v for k, v in self.usage.items() if v is not None})
+        head = {k: v for k, v in self.head.items() if v is not None}
+        if self.kind == CHAT:
+            choices = []
+            for i in sorted(self.choices):
+                s = self.choices[i]
+                calls = [ToolCall(id=t["id"], function=FunctionCall(name=t["name"], arguments=t["arguments"]))
+                         if t["id"] else ToolCall(function=FunctionCall(name=t["name"], arguments=t["arguments"]))
+                         for _, t in sorted(s["tools"].items())]
+                content = s["text"] if s["text"] or not calls or self.forced_tools else None
+                message = ChatMessage(role="assistant", content=content, tool_calls=calls,
+                                      reasoning=s["reasoning"] or None)
+                choices.append(ChatCompletionResponseChoice(index=i, message=message, logprobs=None,
+                                                            finish_reason=s["finish_reason"],
+                                                            stop_reason=s["stop_reason"]))
+            body = ChatCompletionResponse(**head, choices=choices, usage=usage)
+        else:
+            body = CompletionResponse(**head, usage=usage, choices=[
+                CompletionResponseChoice(index=i, text=s["text"], logprobs=None, finish_reason=s["finish_reason"],
+                                         stop_reason=s["stop_reason"]) for i, s in sorted(self.choices.items())])
+        out = json.loads(body.model_dump_json())
+        return out if storable(out) else None

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -26,7 +27,7 @@ from ray.serve.handle import DeploymentHandle
 from cache import metrics
 from cache.config import CacheConfig
 from cache.embedder import Embedder
-from cache.matching import guarded_neighbours
+from cache.matching import SemanticLookup, guarded_neighbours
 from cache.store import CacheStore, IndexRecord, StoreUnavailable, resolve_redis_url
 from cache.vector_index import VectorIndex
 
@@ -100,25 +101,22 @@ class SemanticCache:
 
     # ---- lookups and writes ------------------------------------------------------------------
 
-    async def lookup(self, scope: str, query: str, threshold: float) -> dict:
-        """The best guarded neighbour's response, or a miss that carries the query's embedding.
-
-        Returns {"hit": bool, "key", "similarity", "response" (bytes), "embedding" (bytes),
-        "bypass": bool (Redis did not answer), "replica": this replica's id}."""
+    async def lookup(self, scope: str, query: str, threshold: float) -> SemanticLookup:
+        """The best guarded neighbour's response, or a miss that carries the query's embedding."""
         start = time.perf_counter()
         vector = await self._embed_batch(query)
-        result = {"hit": False, "bypass": False, "embedding": vector.tobytes(), "replica": self._replica}
+        result = SemanticLookup(hit=False, embedding=vector.tobytes(), replica=self._replica)
         try:
             for n in guarded_neighbours(self._index, scope, query, vector, threshold, _count_rejection):
                 response = await self._store.get_response(n.key)
                 if response is None:  # expired or evicted in Redis: forget it here too
                     self._index.remove(scope, n.key)
                     continue
-                result.update(hit=True, key=n.key, similarity=n.similarity, response=response)
+                result = replace(result, hit=True, key=n.key, similarity=n.similarity, response=response)
                 break
         except StoreUnavailable as e:
             logger.warning("semantic lookup bypassed: %s", e)
-            result["bypass"] = True
+            result = replace(result, bypass=True)
         metrics.LOOKUP_SECONDS.observe(time.perf_counter() - start)
         return result
 

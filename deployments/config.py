@@ -98,7 +98,15 @@ class ModelConfig(BaseModel):
     # The name clients send as `model` and see in /v1/models; defaults to `model`.
     served_model_name: Optional[str] = None
     tokenizer: Optional[str] = None
+    # Tool calling and reasoning, with vLLM's names and values (`vllm serve --enable-auto-tool-choice
+    # --tool-call-parser hermes --reasoning-parser ... --chat-template ...`). `chat_template`: a file
+    # (absolute, or relative to the raygate checkout) or the template itself; None: the tokenizer's.
+    # `tool_choice` "required" and a named function work without a parser (vLLM's structured
+    # outputs); "auto" needs `enable_auto_tool_choice` and a parser matching the chat template.
     chat_template: Optional[str] = None
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: Optional[str] = None
+    reasoning_parser: Optional[str] = None
     engine_args: EngineArgs = Field(default_factory=EngineArgs)
     # The engine behind the replica (deployments/engine_protocol.py): vLLM, or the stand-in that emits
     # timed tokens with no model (`stand_in`), for measuring the serving layer alone.
@@ -135,11 +143,49 @@ class ModelConfig(BaseModel):
         self.admission = self.admission.sized_for(self.engine_args.max_num_seqs or DEFAULT_ENGINE_SLOTS)
         return self
 
+    @model_validator(mode="after")
+    def _auto_tools_need_a_parser(self) -> "ModelConfig":
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("enable_auto_tool_choice needs tool_call_parser (e.g. hermes, llama3_json, "
+                             "qwen3_coder, glm45): the parser that reads this model's tool calls")
+        return self
+
     @property
     def name(self) -> str:
         if self.served_model_name:
             return self.served_model_name
         return "tiny-llama" if self.model == BUILTIN_DEMO else self.model
+
+
+class CorsConfig(BaseModel):
+    """Cross-origin access for browser clients (chat UIs served from another origin), with vLLM's
+    meanings (`vllm serve --allowed-origins ...`).
+
+    Default: no origin is allowed. raygate's demo runs with auth off, and with auth off every
+    tenant is `anonymous` and shares one cache scope, so a page from any origin that a visitor opens
+    could read answers from a raygate on the visitor's machine or network (and replay other users'
+    cached answers). List the origins of the UIs that should call it; `["*"]` allows every origin
+    (never together with `allow_credentials`, which browsers refuse)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow_origins: list[str] = Field(default_factory=list)
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "OPTIONS"])
+    allow_headers: list[str] = Field(default_factory=lambda: [
+        "authorization", "content-type", "x-request-id", "x-session-id",
+        "x-raygate-priority", "x-raygate-timeout-ms", "x-raygate-deadline"])
+    # Response headers a page may read (the cache verdict, which replica answered).
+    expose_headers: list[str] = Field(default_factory=lambda: [
+        "x-request-id", "x-raygate-cache", "x-raygate-cache-similarity", "x-raygate-replica", "x-raygate-ingress",
+        "x-raygate-retries", "retry-after"])
+    allow_credentials: bool = False
+    max_age_s: int = Field(default=600, ge=0)  # how long a browser may reuse a preflight's answer
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> "CorsConfig":
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError("allow_credentials cannot be used with allow_origins ['*']: list the origins")
+        return self
 
 
 class IngressConfig(BaseModel):
@@ -149,8 +195,9 @@ class IngressConfig(BaseModel):
     # Bodies larger than this are refused with 413 before they are parsed.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Ingress -> LLM replica transport: Serve's gRPC channel (`_by_reference=False`) or Ray actor
-    # calls with one object per streamed item. Chosen by measurement (docs/architecture.md).
-    grpc_handles: bool = False
+    # calls with one object per streamed item. Chosen by measurement (docs/architecture.md): gRPC.
+    grpc_handles: bool = True
+    cors: CorsConfig = Field(default_factory=CorsConfig)
     # Log each request's body and each non-streamed answer (tenant, model, prompt, completion) at INFO.
     # Off by default: prompts and completions are the users' data, not operational telemetry.
     log_payloads: bool = False

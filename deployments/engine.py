@@ -12,7 +12,8 @@ import logging
 import os
 import time
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import psutil
 from starlette.requests import Request
@@ -24,7 +25,7 @@ from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
 from vllm.entrypoints.openai.models.protocol import BaseModelPath
 from vllm.entrypoints.openai.models.serving import OpenAIServingModels
 from vllm.entrypoints.serve import create_error_response
-from vllm.entrypoints.serve.engine.protocol import ModelCard
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse, ModelCard
 from vllm.renderers.chat_utils import load_chat_template
 from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.sampling_params import RequestOutputKind
@@ -32,6 +33,7 @@ from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 
+from common.errors import error_body
 from deployments.config import BUILTIN_DEMO, ModelConfig, StreamingConfig
 from deployments.engine_protocol import Engine, EngineLoad, OpenAIRequest, ServeResult
 from deployments.stream_coalescing import ChunkBudget
@@ -90,9 +92,45 @@ def resolve_model_source(cfg: ModelConfig) -> str:
     return cfg.model
 
 
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def resolve_chat_template(value: Optional[str]) -> Optional[str]:
+    """A configured chat template: a file path (absolute, or relative to the raygate checkout, so a
+    replica finds it whatever its working directory) or the template text itself."""
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_absolute() and (_REPO / path).is_file():
+        value = str(_REPO / path)
+    return load_chat_template(value)
+
+
+# Content parts every model reads; any other part (image_url, input_audio, video_url, file, ...) needs
+# a model that accepts that modality.
+_TEXT_PARTS = frozenset({"text", "refusal", "thinking"})
+
+
+def text_only_refusal(model: str, request: ChatCompletionRequest) -> Optional[ErrorResponse]:
+    """A 400 naming the first non-text content part, for a model that reads text only; None if all
+    parts are text. (A multimodal model gets every part: vLLM fetches and processes them.)"""
+    for i, message in enumerate(request.messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind is not None and kind not in _TEXT_PARTS:
+                where = f"messages.{i}.content.{j}"
+                return error_body(400, f"Model `{model}` accepts text only: '{where}' is an '{kind}' part.",
+                                  param=where)
+    return None
+
+
 def _raw_request(request_id: str) -> Request:
     # vLLM's serving layer reads only headers and `.state` from the HTTP request; the ingress owns
-    # the real one. Passing our id makes vLLM's engine request id equal to the client-visible one.
+    # the real one. `request_id` is raygate's own unique id (never the client's x-request-id): vLLM
+    # derives its engine request ids from this header, and aborts find requests by them.
     return Request({"type": "http", "headers": [(b"x-request-id", request_id.encode())], "state": {}})
 
 
@@ -105,7 +143,7 @@ class VLLMEngine(Engine):
         self.model_path = model_path
         name = cfg.name
         self.models = OpenAIServingModels(engine, [BaseModelPath(name=name, model_path=model_path)])
-        template = load_chat_template(cfg.chat_template) if cfg.chat_template else None
+        template = resolve_chat_template(cfg.chat_template)
         renderer = OnlineRenderer(
             model_config=engine.model_config,
             renderer=engine.renderer,
@@ -122,7 +160,11 @@ class VLLMEngine(Engine):
             request_logger=None,
             chat_template=template,
             chat_template_content_format="auto",
+            enable_auto_tools=cfg.enable_auto_tool_choice,
+            tool_parser=cfg.tool_call_parser,
+            reasoning_parser=cfg.reasoning_parser or "",
         )
+        self.multimodal = bool(getattr(engine.model_config, "is_multimodal_model", False))
         self.completion_serving = OpenAIServingCompletion(
             engine, self.models, online_renderer=renderer, request_logger=None
         )
@@ -154,6 +196,10 @@ class VLLMEngine(Engine):
         return cls(cfg, engine, model_path)
 
     async def chat(self, request: ChatCompletionRequest, request_id: str) -> ServeResult:
+        if not self.multimodal:
+            refused = text_only_refusal(self.cfg.name, request)
+            if refused is not None:
+                return refused
         try:
             return await self.chat_serving.create_chat_completion(request, _raw_request(request_id))
         except Exception as e:  # vLLM raises (not returns) most validation errors

@@ -1,9 +1,10 @@
 """The HTTP ingress: OpenAI-compatible endpoints in front of the LLM deployments.
 
-The ingress owns everything about HTTP -- body limits, JSON, unknown fields, model lookup, status
-codes, SSE framing -- and answers those mistakes itself. It forwards the decoded body through a
-streaming DeploymentHandle; the LLM replica validates it into vLLM's request model (once) and
-answers with a head first (status and body, or the first SSE chunk), then SSE chunks.
+The ingress owns everything about HTTP -- CORS, Content-Type, body limits, JSON, model lookup,
+status codes, SSE framing -- and answers those mistakes itself. It decodes each request once
+(deployments/request_view.py: vLLM's request model, the tenant's caps applied), answers it from the
+cache when it can, framed as the request asks, and otherwise hands it to the model-call path
+(deployments/model_call.py), which sends the validated request object to an LLM replica.
 """
 
 from __future__ import annotations
@@ -18,26 +19,25 @@ from typing import AsyncGenerator, Iterable, Optional
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from ray import serve
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from cache.client import CacheHit, CacheMiss, IngressCache
-from cache.config import parse_request_options
-from cache.keys import CachePlan, plan as cache_plan
-from cache.responses import StreamCollector, as_response, as_sse, storable
+from cache.keys import plan as cache_plan
+from cache.responses import as_response, as_sse
 from cache.store import resolve_redis_url
+from common.errors import APIError, api_error_response, error_response
 from deployments import openapi_spec, serving_metrics
-from deployments.admission import PRIORITIES, AdmissionGate, Slot
+from deployments.admission import PRIORITIES, AdmissionGate
 from deployments.auth import Authenticator
-from deployments.config import AppConfig, ModelConfig, llm_deployment_name
-from common.errors import APIError, api_error_response, error_body, error_response
-from deployments.llm_server import Reply
+from deployments.config import AppConfig, CorsConfig, ModelConfig, llm_deployment_name
+from deployments.model_call import ModelCaller, RequestContext, WriteBack
 from deployments.rate_limits import TenantRateLimiter
-from deployments.request_controls import RequestControls, parse_controls
-from deployments.request_parsing import CHAT, COMPLETION, check_request, parse_json_object
-from deployments.tenants import Tenant, apply_caps, estimated_tokens
+from deployments.request_controls import parse_controls
+from deployments.request_parsing import parse_json_object
+from deployments.request_view import RequestKind, RequestView, build_view
 from router import registry
 
 logger = logging.getLogger("ray.serve")
@@ -49,15 +49,11 @@ app = FastAPI(
 )
 openapi_spec.install(app)
 
-# Retry hint for 503s caused by missing capacity (no replica yet, or all queues full).
-_RETRY_AFTER_S = 1.0
-# Pause before calling the model again after a replica failed before answering.
-_RETRY_BACKOFF_S = 0.2
 CACHE_HEADER = "x-raygate-cache"
 SIMILARITY_HEADER = "x-raygate-cache-similarity"
-REPLICA_HEADER = "x-raygate-replica"
 INGRESS_HEADER = "x-raygate-ingress"
-RETRIES_HEADER = "x-raygate-retries"  # set when a failed replica's request was sent again
+# raygate's own id of a request that went to a model (the engine's ids derive from it: `chatcmpl-<id>`).
+REQUEST_ID_HEADER = "x-raygate-request-id"
 _ingress_id: Optional[str] = None
 
 
@@ -104,10 +100,6 @@ def _count_rejection(model: str, reason: str) -> None:
         serving_metrics.DEADLINE_DROPS.inc(tags={"model": model, "stage": "ingress"})
 
 
-def _sse_error(status: int, message: str) -> str:
-    return f"data: {error_body(status, message).model_dump_json()}\n\ndata: [DONE]\n\n"
-
-
 def _describe(e: BaseException) -> str:
     """Why a model is unavailable, never empty: a timed-out health check has no message of its own,
     and a replica's exception arrives wrapped (RayTaskError) around the replica's own reason."""
@@ -120,13 +112,37 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[-1]}" if text else type(e).__name__
 
 
-def _label(miss: CacheMiss) -> str:
-    return "bypass" if miss.bypass else "miss"
-
-
 async def _iterate(items: Iterable[str]) -> AsyncGenerator[str, None]:
     for item in items:
         yield item
+
+
+def install_cors(asgi_app: FastAPI, cors: CorsConfig) -> None:
+    """Answer browsers' preflights and add Access-Control-* headers for the configured origins
+    (Starlette's CORSMiddleware); nothing when no origin is allowed (the default, see CorsConfig).
+    Called before the app serves its first request (Starlette builds its middleware stack then)."""
+    if not cors.allow_origins or getattr(asgi_app.state, "cors_installed", False):
+        return
+    asgi_app.add_middleware(CORSMiddleware, allow_origins=cors.allow_origins, allow_methods=cors.allow_methods,
+                            allow_headers=cors.allow_headers, expose_headers=cors.expose_headers,
+                            allow_credentials=cors.allow_credentials, max_age=cors.max_age_s)
+    asgi_app.state.cors_installed = True
+
+
+def _check_content_type(request: Request) -> None:
+    """Generation bodies are JSON: `application/json` or a `+json` type (parameters such as charset
+    allowed); a request without the header is read as JSON, as OpenAI's and FastAPI's servers do.
+    Anything else -- `text/plain`, form encodings -- is refused with 415 before the body is read:
+    those are the types a web page can make a browser send cross-site without a CORS preflight
+    (GHSA-8h2j-cgx8-6xv7), so with auth off they would let any page spend this server's capacity."""
+    raw = request.headers.get("content-type")
+    if raw is None:
+        return
+    media = raw.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise APIError(415, f"Unsupported Content-Type {raw[:60]!r} in header 'Content-Type': the request body must be "
+                        "JSON ('application/json').", param="Content-Type")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -152,7 +168,7 @@ class Ingress:
         self._models: dict[str, ModelConfig] = {m.name: m for m in config.models}
         self._default_model = config.models[0].name
         by_ref = not config.ingress.grpc_handles
-        self._streams = {name: h.options(stream=True, _by_reference=by_ref) for name, h in llm_handles.items()}
+        streams = {name: h.options(stream=True, _by_reference=by_ref) for name, h in llm_handles.items()}
         self._calls = {name: h.options(stream=False) for name, h in llm_handles.items()}
         self._cards: dict[str, dict] = {}
         if cache_handle is not None:
@@ -167,6 +183,9 @@ class Ingress:
                                          else None, key_prefix=f"raygate:{config.cache.namespace}:limits",
                                          timeout_s=config.cache.redis_timeout_s)
         self._redis_handle = redis_handle
+        self._model_calls = ModelCaller(self._models, streams, self._gates, self._limits,
+                                        log_payloads=config.ingress.log_payloads)
+        install_cors(app, config.ingress.cors)
 
     async def _rate_limit_redis(self) -> Optional[str]:
         """The Redis that every ingress replica counts rate limits in: the cache's."""
@@ -176,11 +195,11 @@ class Ingress:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
-        return await self._serve(CHAT, request)
+        return await self._serve(RequestKind.CHAT, request)
 
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
-        return await self._serve(COMPLETION, request)
+        return await self._serve(RequestKind.COMPLETION, request)
 
     @app.get("/v1/models")
     async def list_models(self, request: Request) -> JSONResponse:
@@ -207,7 +226,7 @@ class Ingress:
 
     # ---- request path -----------------------------------------------------------------------
 
-    async def _serve(self, kind: str, request: Request) -> Response:
+    async def _serve(self, kind: RequestKind, request: Request) -> Response:
         started = time.perf_counter()
         response = await self._serve_request(kind, request)
         response.headers.update(_ingress_headers())
@@ -216,180 +235,69 @@ class Ingress:
         serving_metrics.observe_latency(response, getattr(request.state, "model", ""), source, started)
         return response
 
-    async def _serve_request(self, kind: str, request: Request) -> Response:
+    def _view(self, kind: RequestKind, request: Request, payload: dict, tenant) -> RequestView:
+        model = payload.get("model", self._default_model)
+        if isinstance(model, str) and model in self._models:
+            request.state.model = model  # for the latency series, errors included
+        return build_view(kind, payload, tenant, self._default_model, self._models)
+
+    async def _serve_request(self, kind: RequestKind, request: Request) -> Response:
         tenant = self._auth.tenant(request.headers)
         await self._limits.check_request(tenant)
         controls = parse_controls(request.headers)
+        _check_content_type(request)
         if self._gauges_task is None:
             self._gauges_task = asyncio.get_running_loop().create_task(self._publish_gauges())
         payload = parse_json_object(await _read_body(request, self._config.ingress.max_body_bytes))
-        model = payload.get("model")
-        if model is None:
-            payload["model"] = model = self._default_model
-        if not isinstance(model, str):
-            raise APIError(400, "Invalid value for 'model': expected a string.", param="model")
-        if model not in self._streams:
-            raise APIError(404, f"The model `{model}` does not exist.", param="model")
-        request.state.model = model  # for the latency series
-        check_request(kind, payload)
-        apply_caps(kind, payload, tenant)
-        options = parse_request_options(payload.pop("cache", None))
+        view = self._view(kind, request, payload, tenant)
+        # The engine's request id is always raygate's own: a client's x-request-id need not be unique
+        # (two clients sending one id would abort each other's generations). Serve echoes the client's
+        # id on the response; the logs carry both.
+        client_id = request.headers.get("x-request-id")
+        ctx = RequestContext(view, uuid.uuid4().hex, controls, tenant, client_request_id=client_id)
+        ctx.headers[REQUEST_ID_HEADER] = ctx.request_id
         if self._config.ingress.log_payloads:
-            logger.info("request %s tenant=%s model=%s body=%s", request.headers.get("x-request-id"), tenant.name,
-                        model, json.dumps(payload, ensure_ascii=False))
-        # Serve's RequestIdMiddleware puts the client's x-request-id (or a fresh one) in the request
-        # headers and echoes it on the response; the engine request uses the same id.
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+            logger.info("request %s client-id=%s tenant=%s model=%s body=%s", ctx.request_id, client_id, tenant.name,
+                        view.model, json.dumps(payload, ensure_ascii=False))
         if self._cache is None:
-            return await self._generate(kind, model, payload, request_id, controls, tenant)
+            return await self._model_calls.call(ctx)
 
-        plan = cache_plan(kind, payload, options, self._config.cache, tenant.cache_scope)
+        plan = cache_plan(view.kind, view.request, view.cache, self._config.cache, tenant.cache_scope)
         if not (plan.read or plan.write):
-            return await self._generate(kind, model, payload, request_id, controls, tenant, headers={CACHE_HEADER: "off"})
+            ctx.headers[CACHE_HEADER] = "off"
+            return await self._model_calls.call(ctx)
         miss = CacheMiss()
         if plan.read:
             found = await self._cache.lookup(plan)
             if isinstance(found, CacheHit):
-                return self._cached(kind, payload, found)
+                return self._cached(view, found)
             miss = found
+        ctx.headers[CACHE_HEADER] = "bypass" if miss.bypass else "miss"
         if not plan.write:
-            return await self._generate(kind, model, payload, request_id, controls, tenant,
-                                        headers={CACHE_HEADER: _label(miss)})
+            return await self._model_calls.call(ctx)
         leader = self._cache.lead_or_follow(plan)
         if leader is not None:
             hit = await self._cache.follow(leader, timeout_s=300.0)
             if hit is not None:
-                return self._cached(kind, payload, hit)
-            return await self._generate(kind, model, payload, request_id, controls, tenant,
-                                        headers={CACHE_HEADER: _label(miss)})
+                return self._cached(view, hit)
+            return await self._model_calls.call(ctx)
+        write_back = WriteBack(self._cache, plan, miss)
         try:
-            return await self._generate(kind, model, payload, request_id, controls, tenant,
-                                        headers={CACHE_HEADER: _label(miss)}, capture=(plan, miss))
+            return await self._model_calls.call(ctx, write_back)
         except BaseException:
-            self._cache.finish(plan, None)
+            write_back.finish(None)
             raise
 
-    def _cached(self, kind: str, payload: dict, hit: CacheHit) -> Response:
+    def _cached(self, view: RequestView, hit: CacheHit) -> Response:
+        """A cached answer, framed as this request asks (JSON or SSE, usage chunk or not), whatever the
+        request that stored it asked."""
         headers = {CACHE_HEADER: "coalesced" if hit.kind == "coalesced" else f"hit-{hit.kind}"}
         if hit.kind == "semantic":
             headers[SIMILARITY_HEADER] = f"{hit.similarity:.4f}"
-        if payload.get("stream"):
-            usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(_iterate(as_sse(kind, hit.body, usage)), media_type="text/event-stream",
-                                     headers=headers)
-        return JSONResponse(as_response(kind, hit.body), headers=headers)
-
-    async def _generate(self, kind: str, model: str, payload: dict, request_id: str, controls: RequestControls,
-                        tenant: Tenant, headers: Optional[dict[str, str]] = None,
-                        capture: Optional[tuple[CachePlan, CacheMiss]] = None) -> Response:
-        """Send the request to the model once its tenant's token budget allows it and admission control
-        gives it a slot (which it holds until its response has ended); with `capture`, store the
-        finished answer in the cache. Cache hits never get here: they cost no tokens."""
-        await self._limits.charge_tokens(tenant, estimated_tokens(kind, payload))
-        slot = await self._gates[model].admit(controls.priority, controls.monotonic_deadline())
-        try:
-            return await self._call_model(kind, model, payload, request_id, controls, slot, headers, capture)
-        except BaseException:
-            slot.release()
-            raise
-
-    async def _call_model(self, kind: str, model: str, payload: dict, request_id: str, controls: RequestControls,
-                          slot: Slot, headers: Optional[dict[str, str]],
-                          capture: Optional[tuple[CachePlan, CacheMiss]]) -> Response:
-        strip_usage = False
-        if capture is not None and payload.get("stream"):
-            # Ask for usage so the stored entry has it; the client gets it only if it asked.
-            stream_options = dict(payload.get("stream_options") or {})
-            strip_usage = not stream_options.get("include_usage")
-            payload["stream_options"] = {**stream_options, "include_usage": True}
-        stream, head, retries = await self._first_reply(kind, model, payload, request_id, controls)
-        headers = dict(headers or {})
-        if retries:
-            headers[RETRIES_HEADER] = str(retries)
-        if head.replica:
-            headers[REPLICA_HEADER] = head.replica
-        if head.status == 503:  # the replica dropped it (deadline passed in Serve's queues): retryable
-            headers["Retry-After"] = str(int(_RETRY_AFTER_S))
-        if not head.streaming:
-            slot.release()
-            if self._config.ingress.log_payloads:
-                logger.info("response %s status=%d body=%s", request_id, head.status, head.body)
-            if capture is not None:
-                body = json.loads(head.body) if head.status == 200 else None
-                self._store(capture, body if body is not None and storable(body) else None, head.body)
-            return Response(head.body, status_code=head.status, media_type="application/json", headers=headers)
-        tap = None
-        if capture is not None:
-            tap = (StreamCollector(kind), strip_usage, capture)
-        return StreamingResponse(self._relay(head.body, stream, slot, tap), media_type="text/event-stream",
-                                 headers=headers)
-
-    async def _first_reply(self, kind: str, model: str, payload: dict, request_id: str,
-                           controls: RequestControls) -> tuple[DeploymentResponseGenerator, Reply, int]:
-        """Call the model and wait for its head. Until the head arrives nothing has been sent to the
-        client, so a replica that dies (or cannot be reached) before then is retried on another one:
-        Serve's router drops a replica whose actor died. Capacity refusals are not retried."""
-        retries = self._models[model].retries
-        for attempt in range(retries + 1):
-            stream: DeploymentResponseGenerator = self._streams[model].generate.remote(
-                kind, payload, request_id, session_id=controls.session_id, deadline=controls.deadline)
-            try:
-                return stream, await stream.__anext__(), attempt
-            except BaseException as e:
-                stream.cancel()
-                if isinstance(e, asyncio.CancelledError):
-                    raise
-                retryable = not isinstance(e, (BackPressureError, DeploymentUnavailableError, RequestCancelledError))
-                expired = controls.deadline is not None and time.time() >= controls.deadline
-                if not retryable or attempt == retries or expired:
-                    raise self._unavailable(model, e) from None
-                logger.warning("request %s: replica failed before answering (%r); retrying", request_id, e)
-                serving_metrics.RETRIES.inc(tags={"model": model, "error": type(e).__name__})
-                await asyncio.sleep(_RETRY_BACKOFF_S * (attempt + 1))
-        raise AssertionError("unreachable")
-
-    def _store(self, capture: tuple[CachePlan, CacheMiss], body: Optional[dict], raw: Optional[str] = None) -> None:
-        plan, miss = capture
-        if body is not None:
-            self._cache.write_back(plan, body, miss, raw)
-        self._cache.finish(plan, body)
-
-    async def _relay(self, first: str, stream: DeploymentResponseGenerator, slot: Slot,
-                     tap: Optional[tuple[StreamCollector, bool, tuple[CachePlan, CacheMiss]]] = None,
-                     ) -> AsyncGenerator[str, None]:
-        """Relay SSE chunks; a replica lost mid-stream ends the stream with an SSE error event.
-
-        With a `tap`, the chunks are also folded into a response body that is cached once the
-        stream has ended cleanly (never when it was cancelled or failed)."""
-        try:
-            chunk = first
-            while True:
-                if tap is not None:
-                    chunk = tap[0].feed(chunk, strip_usage=tap[1])
-                if chunk:
-                    yield chunk
-                chunk = await stream.__anext__()
-        except StopAsyncIteration:
-            pass
-        except (asyncio.CancelledError, GeneratorExit):
-            raise
-        except Exception as e:
-            logger.warning("stream interrupted: %r", e)
-            yield _sse_error(503, f"The stream was interrupted: {type(e).__name__}. Retry the request.")
-        finally:
-            stream.cancel()  # no-op when finished; aborts the engine request when the client left
-            slot.release()
-            if tap is not None:
-                self._store(tap[2], tap[0].result())
-
-    def _unavailable(self, model: str, e: BaseException) -> APIError:
-        if isinstance(e, BackPressureError):
-            return APIError(503, f"Model `{model}` is at capacity; retry later.", retry_after_s=_RETRY_AFTER_S)
-        if isinstance(e, (DeploymentUnavailableError, RequestCancelledError)):
-            return APIError(503, f"Model `{model}` is unavailable; retry later.", retry_after_s=_RETRY_AFTER_S)
-        logger.error("LLM deployment %s failed before responding: %r", model, e)
-        return APIError(503, f"Model `{model}` failed to respond ({type(e).__name__}); retry later.",
-                        retry_after_s=_RETRY_AFTER_S)
+        if view.stream:
+            return StreamingResponse(_iterate(as_sse(view.kind, hit.body, view.include_usage)),
+                                     media_type="text/event-stream", headers=headers)
+        return JSONResponse(as_response(view.kind, hit.body), headers=headers)
 
     async def _model_card(self, name: str) -> dict:
         card = self._cards.get(name)

@@ -26,8 +26,9 @@ from deployments.config import ModelConfig
 from deployments.engine_protocol import Engine, ServeResult, engine_class
 from deployments.engine_watchdog import EngineWatchdog
 from common.process_reaper import start_reaper
-from common.errors import APIError, error_body
-from deployments.request_parsing import CHAT, validate_request
+from common.errors import error_body
+from common.request_kind import RequestKind
+from deployments.request_parsing import OpenAIRequest, validate_request
 from deployments.serving_metrics import DEADLINE_DROPS
 from router.request_router import UNHEALTHY_STAT
 
@@ -98,7 +99,8 @@ class LLMServer:
         for prompt in prompts:
             req = {"model": self._cfg.name, "max_tokens": 1,
                    "messages": [{"role": "system", "content": prompt}, {"role": "user", "content": "."}]}
-            async for item in self.generate(CHAT, req, f"prefill-{uuid.uuid4().hex}"):
+            request = validate_request(RequestKind.CHAT, req)
+            async for item in self.generate(RequestKind.CHAT, request, f"prefill-{uuid.uuid4().hex}"):
                 if isinstance(item, Reply) and item.status != 200:
                     raise RuntimeError(f"prefilling a system prompt failed: {item.status} {item.body}")
 
@@ -112,12 +114,13 @@ class LLMServer:
                 "max_tokens": 4,
                 "stream": stream,
             }
-            async for item in self.generate(CHAT, req, f"warmup-{uuid.uuid4().hex}"):
+            request = validate_request(RequestKind.CHAT, req)
+            async for item in self.generate(RequestKind.CHAT, request, f"warmup-{uuid.uuid4().hex}"):
                 if isinstance(item, Reply) and item.status != 200:
                     raise RuntimeError(f"warm-up request failed: {item.status} {item.body}")
 
-    async def _submit(self, kind: str, request: Any, request_id: str) -> ServeResult:
-        if kind == CHAT:
+    async def _submit(self, kind: RequestKind, request: Any, request_id: str) -> ServeResult:
+        if kind == RequestKind.CHAT:
             return await self._engine.chat(request, request_id)
         return await self._engine.completion(request, request_id)
 
@@ -125,23 +128,21 @@ class LLMServer:
     # Sizes come from submit_batching; max_concurrent_batches is high so that a batch that holds
     # non-streaming requests does not stall the next one.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=1024)
-    async def _submit_batch(self, items: list[tuple[str, Any, str]]) -> list[ServeResult]:
+    async def _submit_batch(self, items: list[tuple[RequestKind, Any, str]]) -> list[ServeResult]:
         return list(await asyncio.gather(*(self._submit(*item) for item in items)))
 
-    async def generate(self, kind: str, payload: dict, request_id: str, session_id: Optional[str] = None,
+    async def generate(self, kind: RequestKind, request: OpenAIRequest, request_id: str,
                        deadline: Optional[float] = None) -> AsyncGenerator[Reply | str, None]:
-        """Serve one chat or completion request body: a `Reply` head, then (streaming) SSE strings.
+        """Serve one chat or completion request: a `Reply` head, then (streaming) SSE strings.
 
-        `session_id` is read by the router, not here. `deadline` (Unix time) is checked last thing
-        before the engine: time spent in Serve's queues counts against it too. Raises
-        `EngineUnavailable` when the engine was stopped as stalled (the ingress retries elsewhere)."""
+        `request` is vLLM's request model as the ingress validated it, with the tenant's caps applied
+        (deployments/request_view.py): the replica does not validate again. `request_id` is raygate's
+        own unique id (never the client's x-request-id): the engine's request ids, and so aborts, are
+        derived from it. `deadline` (Unix time) is checked last thing before the engine: time spent in
+        Serve's queues counts against it too. Raises `EngineUnavailable` when the engine was stopped as
+        stalled (the ingress retries elsewhere)."""
         if self._unhealthy is not None:
             raise EngineUnavailable(self._unhealthy)
-        try:
-            request = validate_request(kind, payload)
-        except APIError as e:
-            yield self._reply(e.status, error_body(e.status, e.message, e.param).model_dump_json())
-            return
         if deadline is not None and time.time() >= deadline:
             DEADLINE_DROPS.inc(tags={"model": self._cfg.name, "stage": "replica"})
             msg = "The request's deadline passed before it reached the engine."

@@ -1,8 +1,22 @@
 """Turn an HTTP body into vLLM's request model, or an `APIError` that names what is wrong.
 
+Why vLLM's models, at the ingress: the engine applies exactly these rules, and every step before it
+-- the tenant's caps, the cache's keys and framing, the token budget, the router -- must see the
+values the engine will use. A cache answer is given only to a request the engine would have accepted
+(`stream_options` without `stream` is a 400 whether or not the answer is cached), and a cap reads
+`n: "17"` as the 17 the engine would run.
+
 Why strict about unknown fields: vLLM's models accept and silently drop unknown keys, so a client's
 typo (`max_token`) or a parameter this server does not support would be ignored without a word.
 OpenAI answers 400 "Unrecognized request argument supplied"; so does raygate.
+
+Where vLLM coerces a type that OpenAI refuses, raygate chooses per field:
+- the framing switches `stream` (both kinds), `logprobs` (chat) and `echo` (completions) must be
+  JSON booleans: pydantic reads the string "false" as False, and a client that sent a string meant
+  something the server cannot know; OpenAI answers 400, so does raygate;
+- numbers (`n`, `max_tokens`, `temperature`, ...) keep vLLM's coercion (`17.0` and `"17"` are 17):
+  the same request is then served the same way by raygate and by `vllm serve`, and every cap and key
+  reads the coerced value.
 """
 
 from __future__ import annotations
@@ -16,19 +30,23 @@ from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.exceptions import VLLMValidationError
 
 from common.errors import APIError
-
-CHAT = "chat"
-COMPLETION = "completion"
+from common.request_kind import RequestKind
 
 OpenAIRequest = Union[ChatCompletionRequest, CompletionRequest]
 
-_MODELS = {CHAT: ChatCompletionRequest, COMPLETION: CompletionRequest}
+_MODELS = {RequestKind.CHAT: ChatCompletionRequest, RequestKind.COMPLETION: CompletionRequest}
 # raygate's own request fields, read and removed by the ingress before the body reaches vLLM:
 # `cache` (cache/config.py: RequestCacheOptions).
 EXTENSION_FIELDS: frozenset[str] = frozenset({"cache"})
+# Fields that must be JSON booleans (or null) although vLLM would coerce a string (see above).
+STRICT_BOOLEANS: dict[RequestKind, tuple[str, ...]] = {
+    RequestKind.CHAT: ("stream", "logprobs"),
+    RequestKind.COMPLETION: ("stream", "echo"),
+}
+_STRICT_STREAM_OPTIONS = ("include_usage", "continuous_usage_stats")
 
 
-def allowed_fields(kind: str) -> set[str]:
+def allowed_fields(kind: RequestKind) -> set[str]:
     return set(_MODELS[kind].model_fields) | EXTENSION_FIELDS
 
 
@@ -49,15 +67,19 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def check_request(kind: str, payload: dict[str, Any]) -> None:
-    """The ingress's cheap checks on a decoded body: known fields, required inputs present.
+def _boolean(payload: dict, name: str, where: str) -> None:
+    value = payload.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise APIError(400, f"Invalid type for '{where}': expected a boolean, but got "
+                            f"{type(value).__name__} {json.dumps(value)[:40]}.", param=where)
 
-    Full validation into vLLM's model happens once, in the LLM replica (`validate_request`): doing it
-    here too cost ~14% of the ingress's CPU (vLLM's validators, then pickling the model object)."""
+
+def check_request(kind: RequestKind, payload: dict[str, Any]) -> None:
+    """The checks vLLM's model does not make: known fields, required inputs present, strict booleans."""
     unknown = sorted(set(payload) - allowed_fields(kind))
     if unknown:
         raise APIError(400, f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
-    if kind == CHAT:
+    if kind == RequestKind.CHAT:
         messages = payload.get("messages")
         if messages is None:
             raise APIError(400, "Missing required parameter: 'messages'.", param="messages")
@@ -68,10 +90,17 @@ def check_request(kind: str, payload: dict[str, Any]) -> None:
             raise APIError(400, "'messages' must contain at least one message.", param="messages")
     elif "prompt" not in payload and "prompt_embeds" not in payload:
         raise APIError(400, "Missing required parameter: 'prompt'.", param="prompt")
+    for name in STRICT_BOOLEANS[kind]:
+        _boolean(payload, name, name)
+    options = payload.get("stream_options")
+    if isinstance(options, dict):
+        for name in _STRICT_STREAM_OPTIONS:
+            _boolean(options, name, f"stream_options.{name}")
 
 
-def validate_request(kind: str, payload: dict[str, Any]) -> OpenAIRequest:
-    """Validate a decoded body into vLLM's request model for `kind`; raises APIError(400)."""
+def validate_request(kind: RequestKind, payload: dict[str, Any]) -> OpenAIRequest:
+    """Validate a decoded body (less raygate's extension fields) into vLLM's request model for `kind`;
+    raises APIError(400) naming the field."""
     check_request(kind, payload)
     try:
         return _MODELS[kind].model_validate(payload)

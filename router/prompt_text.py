@@ -30,19 +30,32 @@ def _content_text(content: Any) -> str:
     return json.dumps(content, sort_keys=True, default=str)
 
 
-def routing_text(payload: dict) -> str:
-    """Flatten a chat (`messages`) or completion (`prompt`) body; "" when it has neither."""
-    messages = payload.get("messages")
+def _field(request: Any, name: str) -> Any:
+    if isinstance(request, dict):
+        return request.get(name)
+    return getattr(request, name, None)
+
+
+def _tools_json(tools: Any) -> str:
+    plain = [t.model_dump(mode="json") if hasattr(t, "model_dump") else t for t in tools]
+    return json.dumps(plain, sort_keys=True, default=str)
+
+
+def routing_text(request: Any) -> str:
+    """Flatten a chat (`messages`) or completion (`prompt`) request -- the validated request object the
+    ingress sends (vLLM's ChatCompletionRequest or CompletionRequest) or a plain body dict; "" when it
+    has neither."""
+    messages = _field(request, "messages")
     if isinstance(messages, list):
         pieces = []
-        tools = payload.get("tools")
+        tools = _field(request, "tools")
         if tools:  # chat templates put tool definitions before the conversation
-            pieces.append(json.dumps(tools, sort_keys=True, default=str) + _MESSAGE_END)
+            pieces.append(_tools_json(tools) + _MESSAGE_END)
         for m in messages:
             if isinstance(m, dict):
                 pieces.append(f"{m.get('role', '')}:{_content_text(m.get('content'))}{_MESSAGE_END}")
         return "".join(pieces)
-    prompt = payload.get("prompt")
+    prompt = _field(request, "prompt")
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, list) and prompt:

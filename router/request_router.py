@@ -35,18 +35,21 @@ from router.prompt_text import routing_text
 
 logger = logging.getLogger("ray.serve")
 
-# Keyword arguments of an LLM call that the router reads (the ingress sets them).
-SESSION_KWARG = "session_id"
 UNHEALTHY_STAT = "unhealthy"  # a replica's routing stats key: true once it must not get requests
+# A keyword argument of an LLM call that the router reads: a replica's unique id, for admin calls
+# that must reach one given replica. The session id is not an argument: the ingress sets it as Serve's
+# request metadata (`handle.options(session_id=...)`), where Serve's own session routing reads it.
 PIN_KWARG = "replica"  # a replica's unique id: admin calls that must reach one given replica
 _MAX_UNROUTED = 10_000
 # An assignment whose send has not followed within this long was cancelled in between: forget it.
 _ASSIGNED_TTL_S = 2.0
 
 
-def _payload(pending: PendingRequest) -> Optional[dict]:
+def _request(pending: PendingRequest) -> Optional[Any]:
+    """The request the call carries: the validated request object the ingress sends (anything with
+    `messages` or `prompt`), or a body dict."""
     for arg in pending.args:
-        if isinstance(arg, dict):
+        if isinstance(arg, dict) or hasattr(arg, "messages") or hasattr(arg, "prompt"):
             return arg
     return None
 
@@ -85,11 +88,12 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         # gets nothing while another can take the request; Serve replaces it after its health checks.
         healthy = [r for r in candidate_replicas if not (r.routing_stats or {}).get(UNHEALTHY_STAT)]
         candidate_replicas = healthy or candidate_replicas
-        payload = _payload(pending_request)
-        text = routing_text(payload) if payload is not None else ""
+        request = _request(pending_request)
+        text = routing_text(request) if request is not None else ""
         by_id = {r.replica_id: r for r in candidate_replicas}
         loads = {rid: self._replica_queue_len_cache.get(rid) for rid in by_id}
-        decision = self.policy.choose(list(by_id), loads, text, pending_request.kwargs.get(SESSION_KWARG))
+        session = pending_request.metadata.session_id or None
+        decision = self.policy.choose(list(by_id), loads, text, session)
         key = pending_request.metadata.internal_request_id
         self._decisions[key] = decision
         while len(self._decisions) > _MAX_UNROUTED:  # requests cancelled before they were routed

@@ -233,12 +233,14 @@ def test_the_replica_drops_a_request_whose_deadline_passed_on_the_way(ray_contex
     from ray import serve
 
     from deployments.config import llm_deployment_name
-    from deployments.request_parsing import CHAT
+    from deployments.request_parsing import validate_request
+    from deployments.request_view import RequestKind
 
     _wait_idle(base_url, routed_model)
     before = _started(base_url, routed_model)
     handle = serve.get_deployment_handle(llm_deployment_name(routed_model), app_name="raygate")
-    stream = handle.options(stream=True).generate.remote(CHAT, _body(routed_model, "late"), uuid.uuid4().hex,
+    request = validate_request(RequestKind.CHAT, _body(routed_model, "late"))
+    stream = handle.options(stream=True).generate.remote(RequestKind.CHAT, request, uuid.uuid4().hex,
                                                          deadline=time.time() - 0.5)
     head = next(iter(stream))
     assert head.status == 503 and "deadline" in head.body

@@ -24,11 +24,15 @@ def _post(base_url, body):
 
 
 def _plan(body):
-    from cache.config import CacheConfig, parse_request_options
+    """The request's cache plan as the ingress makes it (the demo's anonymous tenant, no token cap)."""
+    from cache.config import CacheConfig
     from cache.keys import plan
+    from deployments.request_view import RequestKind, build_view
+    from deployments.tenants import Tenant, TenantSettings
 
-    body = dict(body)
-    return plan("chat", body, parse_request_options(body.pop("cache", None)), CacheConfig(), "anonymous")
+    view = build_view(RequestKind.CHAT, dict(body), Tenant("anonymous", TenantSettings()), body["model"],
+                      {body["model"]})
+    return plan(view.kind, view.request, view.cache, CacheConfig(), "anonymous")
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +135,7 @@ def test_entries_are_found_through_every_replica_within_a_second(
     deadline = time.monotonic() + 20
     while len(seen) < 2 and time.monotonic() < deadline:
         r = cache_handle.lookup.remote(scope, "What's the way to reverse a Python list?", 0.8).result()
-        seen.setdefault(r["replica"], []).append(r["hit"])
+        seen.setdefault(r.replica, []).append(r.hit)
     assert len(seen) == 2, f"lookups reached only {list(seen)}"
     assert all(all(hits) for hits in seen.values()), f"not visible on every replica 1 s after the write: {seen}"
 
@@ -144,7 +148,7 @@ def test_entries_are_found_through_every_replica_within_a_second(
     deadline = time.monotonic() + 20
     while len(seen) < 2 and time.monotonic() < deadline:
         r = cache_handle.lookup.remote(p.scope, "What's the way to reverse a Python list?", 0.8).result()
-        seen.setdefault(r["replica"], []).append(r["hit"] and r["response"] == b'{"stored": true}')
+        seen.setdefault(r.replica, []).append(r.hit and r.response == b'{"stored": true}')
     assert len(seen) == 2 and all(all(hits) for hits in seen.values()), seen
 
 

@@ -114,15 +114,18 @@ def test_logprobs(client, model_name):
     assert len(content) == 4 and all(len(t.top_logprobs) == 3 for t in content)
 
 
-def test_request_id_header_is_echoed(base_url, model_name):
+def test_request_id_header_is_echoed_but_the_engine_id_is_raygates(base_url, model_name):
+    """The client's x-request-id is echoed; the engine's id is raygate's own (two clients may send one
+    id: tests/integration/test_correctness.py shows what sharing it did)."""
     r = httpx.post(base_url + "/v1/chat/completions", headers={"x-request-id": "my-req-42"},
                    json={"model": model_name, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
     assert r.status_code == 200 and r.headers["x-request-id"] == "my-req-42"
-    assert r.json()["id"].endswith("my-req-42")
+    own = r.headers["x-raygate-request-id"]
+    assert own != "my-req-42" and r.json()["id"] == f"chatcmpl-{own}" and "my-req-42" not in r.json()["id"]
 
 
 def test_request_id_is_generated_when_absent(base_url, model_name):
     r = httpx.post(base_url + "/v1/chat/completions",
                    json={"model": model_name, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
     rid = r.headers["x-request-id"]
-    assert rid and "," not in rid and r.json()["id"].endswith(rid)
+    assert rid and "," not in rid and r.json()["id"].endswith(r.headers["x-raygate-request-id"])

@@ -1,15 +1,31 @@
-"""Stored answers served as JSON and as SSE, and live streams folded back into stored answers."""
+"""Stored answers served as JSON and as SSE, and live streams folded back into stored answers.
+
+Bodies are vLLM's own (its response models, dumped as llm_server.py dumps them), so a folded stream
+must come back with exactly the fields of a non-streamed answer."""
 
 import json
 
+from vllm.entrypoints.generate.base.protocol import FunctionCall, ToolCall
+from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionResponse, ChatCompletionResponseChoice, ChatMessage)
+from vllm.entrypoints.openai.completion.protocol import CompletionResponse, CompletionResponseChoice
+from vllm.entrypoints.serve.engine.protocol import UsageInfo
+
 from cache.responses import StreamCollector, as_response, as_sse, storable
 
-CHAT_BODY = {
-    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"}, "logprobs": None,
-                 "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-}
+USAGE = UsageInfo(prompt_tokens=5, completion_tokens=2, total_tokens=7)
+
+
+def chat_body(*messages: ChatMessage, finish="stop") -> dict:
+    return json.loads(ChatCompletionResponse(id="chatcmpl-1", created=1, model="m", usage=USAGE, choices=[
+        ChatCompletionResponseChoice(index=i, message=m, finish_reason=finish) for i, m in enumerate(messages)
+    ]).model_dump_json())
+
+
+CHAT_BODY = chat_body(ChatMessage(role="assistant", content="Hello there"))
+TOOL_BODY = chat_body(ChatMessage(role="assistant", content=None, tool_calls=[
+    ToolCall(id="chatcmpl-tool-1", function=FunctionCall(name="get_weather", arguments='{"city": "Paris"}')),
+    ToolCall(id="chatcmpl-tool-2", function=FunctionCall(name="get_time", arguments="{}"))]), finish="tool_calls")
 
 
 def events(chunks):
@@ -21,51 +37,101 @@ def events(chunks):
     return out
 
 
+def fold(kind, chunks, strip_usage=False):
+    c = StreamCollector(kind)
+    relayed = [c.feed(chunk, strip_usage=strip_usage) for chunk in chunks]
+    return c.result(), relayed
+
+
+def same_answer(a: dict, b: dict) -> bool:
+    """Equal but for the id and creation time a replay gets afresh."""
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("id", "created")}  # noqa: E731
+    return strip(a) == strip(b)
+
+
 def test_a_stored_answer_streams_like_a_live_one_and_folds_back_unchanged():
     chunks = list(as_sse("chat", CHAT_BODY, include_usage=True))
     assert chunks[-1] == "data: [DONE]\n\n"
     evs = events(chunks)
     assert evs[0]["choices"][0]["delta"]["role"] == "assistant"
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in evs if e["choices"]) == "Hello there"
-    assert evs[-1]["usage"] == CHAT_BODY["usage"] and evs[-1]["choices"] == []
+    assert evs[-1]["usage"] == {k: v for k, v in CHAT_BODY["usage"].items() if v is not None}
+    assert evs[-1]["choices"] == []
     assert len({e["id"] for e in evs}) == 1 and evs[0]["id"] != CHAT_BODY["id"]
-    c = StreamCollector("chat")
-    for chunk in chunks:
-        c.feed(chunk)
-    folded = c.result()
-    assert folded["choices"] == CHAT_BODY["choices"] and folded["usage"] == CHAT_BODY["usage"]
+    folded, _ = fold("chat", chunks)
+    assert same_answer(folded, CHAT_BODY)
+
+
+def test_tool_calls_replay_identically_streamed_and_not():
+    chunks = list(as_sse("chat", TOOL_BODY, include_usage=True))
+    calls = [c for e in events(chunks) if e["choices"] for c in e["choices"][0]["delta"].get("tool_calls") or []]
+    assert [(c["index"], c["id"], c["function"]["name"]) for c in calls] == \
+        [(0, "chatcmpl-tool-1", "get_weather"), (1, "chatcmpl-tool-2", "get_time")]
+    assert storable(TOOL_BODY)
+    folded, _ = fold("chat", chunks)
+    assert same_answer(folded, TOOL_BODY)
+    assert same_answer(as_response("chat", TOOL_BODY), TOOL_BODY)
+
+
+def test_a_live_stream_of_tool_call_deltas_folds_into_the_non_streamed_body():
+    """vLLM streams a call as its id and name first, then the arguments in pieces."""
+    head = '{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+    live = [
+        head + '[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}',
+        head + '[{"index":0,"delta":{"tool_calls":[{"id":"chatcmpl-tool-1","type":"function","index":0,'
+               '"function":{"name":"get_weather","arguments":""}}]},"logprobs":null,"finish_reason":null}]}',
+        head + '[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\\"city\\": "}}]}}]}',
+        head + '[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\\"Paris\\"}"}}]}}]}',
+        head + '[{"index":0,"delta":{},"logprobs":null,"finish_reason":"tool_calls","stop_reason":null}]}',
+        head + '[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}',
+    ]
+    folded, _ = fold("chat", [f"data: {e}\n\n" for e in live] + ["data: [DONE]\n\n"])
+    expected = chat_body(ChatMessage(role="assistant", content=None, tool_calls=[
+        ToolCall(id="chatcmpl-tool-1", function=FunctionCall(name="get_weather", arguments='{"city": "Paris"}'))]),
+        finish="tool_calls")
+    assert same_answer(folded, expected)
+
+
+def test_n_choices_stream_and_fold_back():
+    body = chat_body(ChatMessage(role="assistant", content="a"), ChatMessage(role="assistant", content="b"))
+    evs = events(as_sse("chat", body, include_usage=False))
+    assert {e["choices"][0]["index"] for e in evs} == {0, 1}
+    folded, _ = fold("chat", as_sse("chat", body, include_usage=True))
+    assert same_answer(folded, body)
 
 
 def test_usage_is_left_out_unless_asked_and_can_be_stripped_from_a_live_stream():
     assert all("usage" not in e for e in events(as_sse("chat", CHAT_BODY, include_usage=False)))
-    c = StreamCollector("chat")
-    relayed = [c.feed(chunk, strip_usage=True) for chunk in as_sse("chat", CHAT_BODY, include_usage=True)]
+    folded, relayed = fold("chat", as_sse("chat", CHAT_BODY, include_usage=True), strip_usage=True)
     assert all("usage" not in e for e in events(relayed))
-    assert c.result()["usage"] == CHAT_BODY["usage"]  # kept for the cache all the same
+    assert folded["usage"] == CHAT_BODY["usage"]  # kept for the cache all the same
 
 
 def test_completions_round_trip():
-    body = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
-            "choices": [{"index": 0, "text": "abc", "logprobs": None, "finish_reason": "length"}], "usage": None}
-    c = StreamCollector("completion")
-    for chunk in as_sse("completion", body, include_usage=False):
-        c.feed(chunk)
-    assert c.result()["choices"] == body["choices"]
+    body = json.loads(CompletionResponse(id="cmpl-1", created=1, model="m", usage=USAGE, choices=[
+        CompletionResponseChoice(index=0, text="abc", finish_reason="length")]).model_dump_json())
+    folded, _ = fold("completion", as_sse("completion", body, include_usage=True))
+    assert same_answer(folded, body)
     assert as_response("completion", body)["id"] != "cmpl-1"
 
 
-def test_unfinished_failed_or_tool_streams_are_not_stored():
-    c = StreamCollector("chat")
+def test_unfinished_failed_or_logprob_streams_are_not_stored():
     chunks = list(as_sse("chat", CHAT_BODY, include_usage=True))
-    for chunk in chunks[:-1]:  # no [DONE]: the client left or the replica died
-        c.feed(chunk)
-    assert c.result() is None
-    c = StreamCollector("chat")
-    c.feed('data: {"error": {"message": "x", "code": 503}}\n\ndata: [DONE]\n\n')
-    assert c.result() is None
-    tool = json.loads(json.dumps(CHAT_BODY))
-    tool["choices"][0]["message"]["tool_calls"] = [{"id": "1"}]
-    assert not storable(tool)
+    assert fold("chat", chunks[:-1])[0] is None  # no [DONE]: the client left or the replica died
+    assert fold("chat", ['data: {"error": {"message": "x", "code": 503}}\n\ndata: [DONE]\n\n'])[0] is None
     cut = json.loads(json.dumps(CHAT_BODY))
     cut["choices"][0]["finish_reason"] = "abort"
     assert not storable(cut)
+    with_logprobs = json.loads(json.dumps(CHAT_BODY))
+    with_logprobs["choices"][0]["logprobs"] = {"content": []}
+    assert not storable(with_logprobs)
+
+
+def test_forced_tool_calls_fold_with_the_empty_content_vllm_answers():
+    """tool_choice required or named: vLLM's non-streamed message has content "" beside the calls."""
+    forced = chat_body(ChatMessage(role="assistant", content="", tool_calls=[
+        ToolCall(id="chatcmpl-tool-1", function=FunctionCall(name="get_weather", arguments="{}"))]))
+    c = StreamCollector("chat", forced_tools=True)
+    for chunk in as_sse("chat", forced, include_usage=True):
+        c.feed(chunk)
+    assert same_answer(c.result(), forced)

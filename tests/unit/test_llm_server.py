@@ -1,9 +1,10 @@
 """LLMServer's request paths, driven through the engine protocol with the stand-in engine.
 
-Each test would fail if the path it names broke: the head's status and kind, validation before the
-engine, the deadline check before submission, the abort when the caller leaves (streaming and not,
-batched and not), and an engine failure after the head reaching the caller as an exception (which
-the ingress turns into an SSE error event).
+Each test would fail if the path it names broke: the head's status and kind, the deadline check
+before submission, the abort when the caller leaves (streaming and not, batched and not), and an
+engine failure after the head reaching the caller as an exception (which the ingress turns into an
+SSE error event). Requests arrive validated, as the ingress sends them (tests/unit/test_request_view.py
+covers validation).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 
 from deployments.config import ModelConfig
 from deployments.llm_server import LLMServer, Reply
-from deployments.request_parsing import CHAT, COMPLETION
+from common.request_kind import RequestKind
+from deployments.request_parsing import validate_request
 from deployments.stand_in_engine import StandInEngine, StandInFailure
 
 # One event loop for the module: `@serve.batch` keeps its queue (and the task that drains it) on the
@@ -44,8 +46,13 @@ async def make_server(engine: StandInEngine, batching: bool = True) -> LLMServer
     return server
 
 
-def chat(**extra) -> dict:
-    return {"model": "m", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5, **extra}
+CHAT, COMPLETION = RequestKind.CHAT, RequestKind.COMPLETION
+
+
+def chat(**extra):
+    """A chat request as the ingress sends it: validated (the replica does not validate again)."""
+    return validate_request(CHAT, {"model": "m", "messages": [{"role": "user", "content": "hello there"}],
+                                   "max_tokens": 5, **extra})
 
 
 async def collect(gen) -> list:
@@ -66,9 +73,9 @@ async def test_a_whole_answer_is_one_head_with_status_200(batching):
 
 async def test_a_stream_starts_with_a_streaming_head_then_sse_strings_then_done():
     server = await make_server(StandInEngine("m", ttft_s=0.001, itl_s=0.001, interval_s=0.0))
-    items = await collect(server.generate(COMPLETION, {"model": "m", "prompt": "a b", "max_tokens": 3,
-                                                       "stream": True, "stream_options": {"include_usage": True}},
-                                          "r2"))
+    request = validate_request(COMPLETION, {"model": "m", "prompt": "a b", "max_tokens": 3, "stream": True,
+                                            "stream_options": {"include_usage": True}})
+    items = await collect(server.generate(COMPLETION, request, "r2"))
     head, rest = items[0], items[1:]
     assert isinstance(head, Reply) and head.status == 200 and head.streaming
     assert head.body.startswith("data: ") and all(isinstance(c, str) for c in rest)
@@ -76,16 +83,6 @@ async def test_a_stream_starts_with_a_streaming_head_then_sse_strings_then_done(
     events = [json.loads(c[6:]) for c in [head.body, *rest[:-1]]]
     assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == " tok" * 3
     assert events[-1]["usage"]["completion_tokens"] == 3
-
-
-async def test_an_invalid_body_is_a_400_naming_the_field_and_never_reaches_the_engine():
-    engine = StandInEngine("m")
-    server = await make_server(engine)
-    items = await collect(server.generate(CHAT, chat(temperature="hot"), "r3"))
-    assert len(items) == 1 and items[0].status == 400
-    err = json.loads(items[0].body)["error"]
-    assert err["param"] == "temperature"
-    assert engine.load().requests_finished == 0
 
 
 async def test_a_request_past_its_deadline_is_a_503_and_never_reaches_the_engine():

@@ -3,7 +3,10 @@
 import pytest
 
 from common.errors import APIError
-from deployments.request_parsing import CHAT, COMPLETION, parse_json_object, validate_request
+from common.request_kind import RequestKind
+from deployments.request_parsing import parse_json_object, validate_request
+
+CHAT, COMPLETION = RequestKind.CHAT, RequestKind.COMPLETION
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -57,3 +60,29 @@ def test_a_type_error_inside_vllms_validators_is_a_400():
     # `check_request` passes a list; vLLM's own "before" validators may still trip on what is in it.
     e = _err(validate_request, CHAT, {"model": "m", "messages": [1.5]})
     assert e.status == 400
+
+
+@pytest.mark.parametrize("kind, payload, param", [
+    (CHAT, {"model": "m", "messages": MSG, "stream": "false"}, "stream"),
+    (CHAT, {"model": "m", "messages": MSG, "stream": 1}, "stream"),
+    (CHAT, {"model": "m", "messages": MSG, "logprobs": "true"}, "logprobs"),
+    (CHAT, {"model": "m", "messages": MSG, "stream": True, "stream_options": {"include_usage": "yes"}},
+     "stream_options.include_usage"),
+    (COMPLETION, {"model": "m", "prompt": "x", "echo": "false"}, "echo"),
+    (COMPLETION, {"model": "m", "prompt": "x", "stream": "true"}, "stream"),
+])
+def test_framing_switches_must_be_json_booleans(kind, payload, param):
+    """vLLM reads the string "false" as False; OpenAI refuses it, and so does raygate."""
+    e = _err(validate_request, kind, payload)
+    assert e.status == 400 and e.param == param and "boolean" in e.message
+
+
+def test_stream_options_without_stream_is_refused():
+    e = _err(validate_request, CHAT, {"model": "m", "messages": MSG, "stream_options": {"include_usage": True}})
+    assert e.status == 400 and e.param == "stream_options"
+
+
+def test_numbers_keep_vllms_coercion():
+    """`n: 17.0` and `n: "17"` are 17 to the engine; the caps then read 17 (test_request_view.py)."""
+    assert validate_request(CHAT, {"model": "m", "messages": MSG, "n": 17.0}).n == 17
+    assert validate_request(CHAT, {"model": "m", "messages": MSG, "n": "17"}).n == 17

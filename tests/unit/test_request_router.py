@@ -44,10 +44,17 @@ def _router(**kwargs) -> PrefixAwareRequestRouter:
     return router
 
 
-def _request(text: str) -> PendingRequest:
-    body = {"model": "m", "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]}
-    metadata = RequestMetadata(request_id=uuid.uuid4().hex, internal_request_id=uuid.uuid4().hex)
-    return PendingRequest(args=["chat", body], kwargs={}, metadata=metadata)
+def _request(text: str, session_id: str = "", system: str = SYSTEM) -> PendingRequest:
+    """A pending LLM call as the ingress makes it: the kind, the validated request, raygate's request id;
+    the session id (if any) in Serve's request metadata."""
+    from common.request_kind import RequestKind
+    from deployments.request_parsing import validate_request
+
+    request = validate_request(RequestKind.CHAT, {"model": "m", "messages": [
+        {"role": "system", "content": system}, {"role": "user", "content": text}]})
+    metadata = RequestMetadata(request_id=uuid.uuid4().hex, internal_request_id=uuid.uuid4().hex,
+                               session_id=session_id)
+    return PendingRequest(args=[RequestKind.CHAT, request, uuid.uuid4().hex], kwargs={}, metadata=metadata)
 
 
 async def _route(router: PrefixAwareRequestRouter, *requests: PendingRequest) -> list:
@@ -105,3 +112,25 @@ def test_an_assignment_never_sent_stops_counting_after_a_while(monkeypatch):
         return _queue_len(router, replica)
 
     assert asyncio.run(main()) == 2
+
+
+def test_a_session_id_in_the_request_metadata_keeps_a_conversation_on_its_replica():
+    """The ingress sets the session id as Serve's request metadata (`handle.options(session_id=...)`);
+    the router reads it there. Nothing shared but the session, and each request left counted against
+    its replica (so load alone would alternate): one replica."""
+
+    async def main():
+        router = _router()
+        replicas = [StandInReplica("a"), StandInReplica("b")]
+        router.update_replicas(replicas)
+        await asyncio.sleep(0.05)
+        chosen = []
+        for i in range(6):
+            pending = _request(f"turn {i}", session_id="conv-7", system=f"{i} " * 200)
+            [replica] = await _route(router, pending)
+            router.on_request_routed(pending, replica.replica_id, None)
+            chosen.append(replica.replica_id)
+        return chosen
+
+    chosen = asyncio.run(main())
+    assert len(set(chosen)) == 1, chosen

@@ -1,0 +1,213 @@
+"""The model-call path: from a request that must go to a model to its HTTP response.
+
+Why its own module: ingress.py is the HTTP surface (endpoints, body and header checks, the cache's
+lookup steps); what happens once a request must be generated is one path with one shape -- charge the
+tenant's token budget, take an admission slot, call the model through a streaming handle, retry a
+replica that died before answering, relay the stream, and store the finished answer in the cache --
+and it lives here, named: `RequestContext` is the request on its way, `WriteBack` is where its answer
+goes once finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import AsyncGenerator, Optional
+
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from starlette.responses import Response, StreamingResponse
+from vllm.entrypoints.generate.base.protocol import StreamOptions
+
+from cache.client import CacheMiss, IngressCache
+from cache.keys import CachePlan
+from cache.responses import StreamCollector, storable
+from common.errors import APIError, error_body
+from deployments import serving_metrics
+from deployments.admission import AdmissionGate, Slot
+from deployments.config import ModelConfig
+from deployments.llm_server import Reply
+from deployments.rate_limits import TenantRateLimiter
+from deployments.request_controls import RequestControls
+from deployments.request_view import RequestView
+from deployments.tenants import Tenant
+
+logger = logging.getLogger("ray.serve")
+
+# Retry hint for 503s caused by missing capacity (no replica yet, or all queues full).
+RETRY_AFTER_S = 1.0
+# Pause before calling the model again after a replica failed before answering.
+_RETRY_BACKOFF_S = 0.2
+REPLICA_HEADER = "x-raygate-replica"
+RETRIES_HEADER = "x-raygate-retries"  # set when a failed replica's request was sent again
+
+
+@dataclass
+class RequestContext:
+    """One request on its way to a model.
+
+    `request_id` is raygate's own, unique per request: the engine's request ids (and so its aborts)
+    derive from it. `client_request_id` is the client's x-request-id, if it sent one: echoed in the
+    response (by Serve) and written to the logs, never used to find or abort anything -- two clients
+    may send the same one. `headers` are response headers decided before the call (the cache's verdict)."""
+
+    view: RequestView
+    request_id: str
+    controls: RequestControls
+    tenant: Tenant
+    client_request_id: Optional[str] = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class WriteBack:
+    """Where a model's finished answer goes: the cache entry of `plan`, written with the lookup's
+    embedding (`miss`), and the coalesced followers waiting on the same key. `finish` must be called
+    exactly once, with the answer's body (stored if complete) or None (generation failed)."""
+
+    cache: IngressCache
+    plan: CachePlan
+    miss: CacheMiss
+
+    def finish(self, body: Optional[dict], raw: Optional[str] = None) -> None:
+        if body is not None:
+            self.cache.write_back(self.plan, body, self.miss, raw)
+        self.cache.finish(self.plan, body)
+
+
+@dataclass
+class _StreamTap:
+    """A streamed answer being folded into the body to store. `strip_usage`: the usage chunk was asked
+    for the entry only (the client did not ask for it) and is not relayed."""
+
+    collector: StreamCollector
+    strip_usage: bool
+    write_back: WriteBack
+
+
+def _sse_error(status: int, message: str) -> str:
+    return f"data: {error_body(status, message).model_dump_json()}\n\ndata: [DONE]\n\n"
+
+
+class ModelCaller:
+    """Calls the LLM deployments for the ingress; one per ingress replica."""
+
+    def __init__(self, models: dict[str, ModelConfig], streams: dict[str, DeploymentHandle],
+                 gates: dict[str, AdmissionGate], limits: TenantRateLimiter, log_payloads: bool = False):
+        self._models = models
+        self._streams = streams
+        self._gates = gates
+        self._limits = limits
+        self._log_payloads = log_payloads
+
+    async def call(self, ctx: RequestContext, write_back: Optional[WriteBack] = None) -> Response:
+        """Send the request to its model once its tenant's token budget allows it and admission control
+        gives it a slot (held until its response has ended); with `write_back`, store the finished
+        answer. Cache hits never get here: they cost no tokens."""
+        await self._limits.charge_tokens(ctx.tenant, ctx.view.estimated_tokens())
+        slot = await self._gates[ctx.view.model].admit(ctx.controls.priority, ctx.controls.monotonic_deadline())
+        try:
+            return await self._call(ctx, slot, write_back)
+        except BaseException:
+            slot.release()
+            raise
+
+    async def _call(self, ctx: RequestContext, slot: Slot, write_back: Optional[WriteBack]) -> Response:
+        request = ctx.view.request
+        strip_usage = False
+        if write_back is not None and ctx.view.stream and not ctx.view.include_usage:
+            # Ask for usage so the stored entry has it; the client does not get it (it did not ask).
+            options = request.stream_options or StreamOptions()
+            request = request.model_copy(update={"stream_options": options.model_copy(update={"include_usage": True})})
+            strip_usage = True
+        stream, head, retries = await self._first_reply(ctx, request)
+        headers = dict(ctx.headers)
+        if retries:
+            headers[RETRIES_HEADER] = str(retries)
+        if head.replica:
+            headers[REPLICA_HEADER] = head.replica
+        if head.status == 503:  # the replica dropped it (deadline passed in Serve's queues): retryable
+            headers["Retry-After"] = str(int(RETRY_AFTER_S))
+        if not head.streaming:
+            slot.release()
+            if self._log_payloads:
+                logger.info("response %s status=%d body=%s", ctx.request_id, head.status, head.body)
+            if write_back is not None:
+                body = json.loads(head.body) if head.status == 200 else None
+                write_back.finish(body if body is not None and storable(body) else None, head.body)
+            return Response(head.body, status_code=head.status, media_type="application/json", headers=headers)
+        tap = None
+        if write_back is not None:
+            forced = getattr(request, "tool_choice", None) not in (None, "none", "auto")
+            tap = _StreamTap(StreamCollector(ctx.view.kind, forced_tools=forced), strip_usage, write_back)
+        return StreamingResponse(self._relay(head.body, stream, slot, tap), media_type="text/event-stream",
+                                 headers=headers)
+
+    async def _first_reply(self, ctx: RequestContext, request) -> tuple[DeploymentResponseGenerator, Reply, int]:
+        """Call the model and wait for its head. Until the head arrives nothing has been sent to the
+        client, so a replica that dies (or cannot be reached) before then is retried on another one:
+        Serve's router drops a replica whose actor died. Capacity refusals are not retried."""
+        model = ctx.view.model
+        handle = self._streams[model]
+        if ctx.controls.session_id:
+            # Serve's request metadata, where the router reads it (router/request_router.py).
+            handle = handle.options(session_id=ctx.controls.session_id)
+        retries = self._models[model].retries
+        deadline = ctx.controls.deadline
+        for attempt in range(retries + 1):
+            stream: DeploymentResponseGenerator = handle.generate.remote(
+                ctx.view.kind, request, ctx.request_id, deadline=deadline)
+            try:
+                return stream, await stream.__anext__(), attempt
+            except BaseException as e:
+                stream.cancel()
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                retryable = not isinstance(e, (BackPressureError, DeploymentUnavailableError, RequestCancelledError))
+                expired = deadline is not None and time.time() >= deadline
+                if not retryable or attempt == retries or expired:
+                    raise self._unavailable(model, e) from None
+                logger.warning("request %s (client id %s): replica failed before answering (%r); retrying",
+                               ctx.request_id, ctx.client_request_id, e)
+                serving_metrics.RETRIES.inc(tags={"model": model, "error": type(e).__name__})
+                await asyncio.sleep(_RETRY_BACKOFF_S * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _relay(self, first: str, stream: DeploymentResponseGenerator, slot: Slot,
+                     tap: Optional[_StreamTap] = None) -> AsyncGenerator[str, None]:
+        """Relay SSE chunks; a replica lost mid-stream ends the stream with an SSE error event.
+
+        With a `tap`, the chunks are also folded into a response body that is cached once the
+        stream has ended cleanly (never when it was cancelled or failed)."""
+        try:
+            chunk = first
+            while True:
+                if tap is not None:
+                    chunk = tap.collector.feed(chunk, strip_usage=tap.strip_usage)
+                if chunk:
+                    yield chunk
+                chunk = await stream.__anext__()
+        except StopAsyncIteration:
+            pass
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as e:
+            logger.warning("stream interrupted: %r", e)
+            yield _sse_error(503, f"The stream was interrupted: {type(e).__name__}. Retry the request.")
+        finally:
+            stream.cancel()  # no-op when finished; aborts the engine request when the client left
+            slot.release()
+            if tap is not None:
+                tap.write_back.finish(tap.collector.result())
+
+    def _unavailable(self, model: str, e: BaseException) -> APIError:
+        if isinstance(e, BackPressureError):
+            return APIError(503, f"Model `{model}` is at capacity; retry later.", retry_after_s=RETRY_AFTER_S)
+        if isinstance(e, (DeploymentUnavailableError, RequestCancelledError)):
+            return APIError(503, f"Model `{model}` is unavailable; retry later.", retry_after_s=RETRY_AFTER_S)
+        logger.error("LLM deployment %s failed before responding: %r", model, e)
+        return APIError(503, f"Model `{model}` failed to respond ({type(e).__name__}); retry later.",
+                        retry_after_s=RETRY_AFTER_S)
