@@ -127,6 +127,9 @@ class ModelConfig(BaseModel):
     # requests hit the prefix cache; the prefix-aware router knows every replica holds them.
     warmup_system_prompts: list[str] = Field(default_factory=list)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    # A stream whose first chunk has not come after this long is aborted with 504 (a request's own
+    # deadline, x-raygate-timeout-ms or x-raygate-deadline, bounds streams and whole answers alike).
+    ttft_timeout_s: float = Field(default=120.0, gt=0)
     # The engine-progress watchdog (deployments/engine_watchdog.py): an engine that holds requests but
     # reports no output step for this long is killed and its replica reports unhealthy.
     stall_timeout_s: float = Field(default=30.0, ge=1)

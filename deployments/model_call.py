@@ -28,12 +28,13 @@ from cache.responses import StreamCollector, storable
 from common.errors import APIError, error_body
 from deployments import serving_metrics
 from deployments.admission import AdmissionGate, Slot
-from deployments.config import ModelConfig
+from deployments.config import ModelConfig, llm_deployment_name
 from deployments.llm_server import Reply
 from deployments.rate_limits import TenantRateLimiter
 from deployments.request_controls import RequestControls
 from deployments.request_view import RequestView
 from deployments.tenants import Tenant
+from router import registry
 
 logger = logging.getLogger("ray.serve")
 
@@ -155,17 +156,33 @@ class ModelCaller:
         if ctx.controls.session_id:
             # Serve's request metadata, where the router reads it (router/request_router.py).
             handle = handle.options(session_id=ctx.controls.session_id)
-        retries = self._models[model].retries
+        cfg = self._models[model]
+        retries = cfg.retries
         deadline = ctx.controls.deadline
+        # How long the head may take: until the request's deadline; a stream's first chunk at most
+        # ttft_timeout_s in any case. A whole answer without a deadline is bounded by the engine
+        # watchdog (a frozen engine is killed) and by the check for a deployment with no replica.
+        limit = time.monotonic() + cfg.ttft_timeout_s if ctx.view.stream else None
+        if deadline is not None:
+            by_deadline = time.monotonic() + (deadline - time.time())
+            limit = by_deadline if limit is None else min(limit, by_deadline)
         for attempt in range(retries + 1):
+            self._check_replicas(model)
             stream: DeploymentResponseGenerator = handle.generate.remote(
                 ctx.view.kind, request, ctx.request_id, deadline=deadline)
             try:
-                return stream, await stream.__anext__(), attempt
+                if limit is None:
+                    return stream, await stream.__anext__(), attempt
+                return stream, await asyncio.wait_for(stream.__anext__(), max(0.0, limit - time.monotonic())), attempt
             except BaseException as e:
-                stream.cancel()
+                stream.cancel()  # aborts the request at the engine if it got there
                 if isinstance(e, asyncio.CancelledError):
                     raise
+                if isinstance(e, asyncio.TimeoutError):
+                    serving_metrics.DEADLINE_DROPS.inc(tags={"model": model, "stage": "first_byte"})
+                    raise APIError(504, f"Model `{model}` did not start answering within the request's "
+                                        f"{'deadline' if deadline is not None else 'time-to-first-token limit'}; "
+                                        "the request was aborted.", retry_after_s=RETRY_AFTER_S) from None
                 retryable = not isinstance(e, (BackPressureError, DeploymentUnavailableError, RequestCancelledError))
                 expired = deadline is not None and time.time() >= deadline
                 if not retryable or attempt == retries or expired:
@@ -202,6 +219,15 @@ class ModelCaller:
             slot.release()
             if tap is not None:
                 tap.write_back.finish(tap.collector.result())
+
+    def _check_replicas(self, model: str) -> None:
+        """503 + Retry-After at once when this process's router knows the model has no running
+        replica (its only one died; the replacement is starting): Serve would hold the request until
+        one is ready (~31 s measured with the only replica SIGKILLed)."""
+        router = registry.find(llm_deployment_name(model))
+        if router is not None and router.replicas_known and not router.curr_replicas:
+            raise APIError(503, f"Model `{model}` has no running replica; one is starting. Retry later.",
+                           retry_after_s=RETRY_AFTER_S)
 
     def _unavailable(self, model: str, e: BaseException) -> APIError:
         if isinstance(e, BackPressureError):

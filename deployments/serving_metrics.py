@@ -48,7 +48,8 @@ INFLIGHT = Gauge(
 DEADLINE_DROPS = Counter(
     "raygate_deadline_drops",
     description="Requests dropped because their deadline passed before the engine, by stage: "
-                "ingress (while waiting for a slot) or replica (in Serve's queues).",
+                "ingress (while waiting for a slot), replica (in Serve's queues) or first_byte (the model did "
+                "not start answering in time: 504, aborted at the engine).",
     tag_keys=("model", "stage"),
 )
 RATE_LIMITED = Counter(

@@ -124,7 +124,12 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
             return
         super().on_send_request(replica_id)
 
+    # Set once the controller has told this router the deployment's replicas (it starts empty): an
+    # empty set after that means no replica runs.
+    replicas_known = False
+
     def update_replicas(self, replicas: List[RunningReplica]) -> None:
+        self.replicas_known = True
         added = [r.replica_id for r in replicas if r.replica_id not in self._replica_id_set]
         super().update_replicas(replicas)
         self.policy.replicas_changed([r.replica_id for r in replicas], added)

@@ -1,0 +1,92 @@
+"""The model-call path's bounds on waiting for a model's first byte (deployments/model_call.py).
+
+A fake handle stands in for Serve's: its calls never answer (a frozen replica, or one that is never
+assigned), so the only thing that ends the wait is the bound under test. Each test fails if the bound
+is removed: the call would hang past the test's own timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from common.errors import APIError
+from common.request_kind import RequestKind
+from deployments.config import ModelConfig
+from deployments.model_call import ModelCaller, RequestContext
+from deployments.request_controls import RequestControls
+from deployments.request_view import build_view
+from deployments.tenants import Tenant, TenantSettings
+
+
+class _NeverAnswers:
+    """A DeploymentResponseGenerator whose head never comes; records its cancellation."""
+
+    def __init__(self):
+        self.cancelled = False
+
+    def __anext__(self):
+        return asyncio.get_running_loop().create_future()
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class _Handle:
+    def __init__(self):
+        self.calls: list[_NeverAnswers] = []
+        self.generate = self
+
+    def options(self, **_):
+        return self
+
+    def remote(self, *args, **kwargs):
+        self.calls.append(_NeverAnswers())
+        return self.calls[-1]
+
+
+def _caller(cfg: ModelConfig, handle: _Handle) -> ModelCaller:
+    return ModelCaller({cfg.name: cfg}, {cfg.name: handle}, gates={}, limits=None)
+
+
+def _ctx(cfg: ModelConfig, stream: bool, timeout_s: float | None) -> RequestContext:
+    body = {"model": cfg.name, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    view = build_view(RequestKind.CHAT, body, Tenant("t", TenantSettings()), cfg.name, {cfg.name})
+    deadline = time.time() + timeout_s if timeout_s is not None else None
+    return RequestContext(view=view, request_id="rid", controls=RequestControls(deadline=deadline), tenant=None)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_deadline_bounds_the_wait_for_the_first_byte_and_aborts_the_call(stream):
+    cfg = ModelConfig(served_model_name="m")
+    handle = _Handle()
+    t0 = time.monotonic()
+    with pytest.raises(APIError) as e:
+        await asyncio.wait_for(_caller(cfg, handle)._first_reply(_ctx(cfg, stream, 0.3), None), 10)
+    assert 0.25 <= time.monotonic() - t0 < 2
+    assert e.value.status == 504 and "deadline" in e.value.message
+    assert len(handle.calls) == 1 and handle.calls[0].cancelled  # aborted, and not retried
+
+
+async def test_a_stream_without_a_deadline_is_bounded_by_the_time_to_first_token_limit():
+    cfg = ModelConfig(served_model_name="m", ttft_timeout_s=0.3)
+    handle = _Handle()
+    with pytest.raises(APIError) as e:
+        await asyncio.wait_for(_caller(cfg, handle)._first_reply(_ctx(cfg, True, None), None), 10)
+    assert e.value.status == 504 and "time-to-first-token" in e.value.message
+
+
+async def test_no_running_replica_is_a_503_at_once(monkeypatch):
+    from router import registry
+
+    class Router:
+        replicas_known, curr_replicas = True, []
+
+    monkeypatch.setattr(registry, "find", lambda name: Router())
+    cfg = ModelConfig(served_model_name="m")
+    handle = _Handle()
+    with pytest.raises(APIError) as e:
+        await asyncio.wait_for(_caller(cfg, handle)._first_reply(_ctx(cfg, False, None), None), 1)
+    assert e.value.status == 503 and e.value.retry_after_s and not handle.calls
