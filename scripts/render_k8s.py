@@ -64,6 +64,9 @@ OVERRIDES: dict[str, Any] = {
     _LLM + "num_cpus": WORKER_CPUS // 2,
     # CUDA graphs on (vLLM's default); the CPU demo skips their compilation.
     _LLM + "engine_args.enforce_eager": DELETE,
+    # GPU nodes have cores to spare for chunks: a larger chunk budget per replica (the demo's 400/s
+    # protects a 2-core host whose engine shares the CPU).
+    _LLM + "streaming.max_chunks_per_s": 4000,
     # CPU-only setting (the KV cache size of vLLM's CPU backend).
     _LLM + "env.VLLM_CPU_KVCACHE_SPACE": DELETE,
     # Queue-length autoscaling (serve_config.yaml's policy) over the GPU worker pods. The admission
