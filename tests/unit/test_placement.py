@@ -100,3 +100,17 @@ def test_num_gpus_that_agrees_or_is_left_out_is_fine():
 def test_the_hub_token_never_comes_from_the_config():
     with pytest.raises(ValidationError, match="env.HF_TOKEN"):
         ModelConfig.model_validate({"env": {"HF_TOKEN": "hf_x"}})
+
+
+def test_an_allowance_beyond_the_controllers_limit_is_warned(monkeypatch, caplog):
+    from deployments import app
+
+    monkeypatch.setenv(app.SLOW_STARTUP_ENV, "30")
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        app._check_startup_allowance(cfg(loading={"startup_allowance_s": 600}))
+    assert "startup_allowance_s is 600 s but RAY_SERVE_SLOW_STARTUP_WARNING_S is 30 s" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv(app.SLOW_STARTUP_ENV, "1800")
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        app._check_startup_allowance(cfg(loading={"startup_allowance_s": 600}))
+    assert caplog.text == ""
