@@ -235,7 +235,9 @@ def run(cases: list[str], with_vllm: bool) -> dict:
         cluster.shutdown()
     from bench.servers import vllm_processes
 
-    left = vllm_processes()
+    time.sleep(3)  # the reaper polls every 0.5 s
+    left = vllm_processes() + [p for p in psutil.process_iter(["cmdline"])
+                               if "tests.integration.placement_standin" in " ".join(p.info["cmdline"] or [])]
     out["left_after_stop"] = [p.pid for p in left]
     for p in left:
         p.kill()
