@@ -9,6 +9,9 @@ from the same file, so one YAML describes the whole application.
 
 from __future__ import annotations
 
+import logging
+import os
+
 from ray import serve
 from ray.serve import Application
 
@@ -19,25 +22,41 @@ from deployments.autoscaling import QueueLengthPolicy
 from deployments.config import AppConfig, ModelConfig, llm_deployment_name
 from deployments.ingress import Ingress
 from deployments.llm_server import LLMServer
+from deployments.placement import replica_placement
 from router.policy import RouterSettings
 from router.prompt_text import routing_text
 from router.request_router import PrefixAwareRequestRouter
 
+logger = logging.getLogger("ray.serve")
+
 PREFIX_ROUTER = f"{PrefixAwareRequestRouter.__module__}:{PrefixAwareRequestRouter.__qualname__}"
+# Serve's controller kills a replica still in its constructor past this many seconds, when the
+# controller restarts and recovers it (Serve's default: 30).
+SLOW_STARTUP_ENV = "RAY_SERVE_SLOW_STARTUP_WARNING_S"
 
 
 def _llm_actor_options(cfg: ModelConfig) -> dict:
     opts = dict(cfg.deployment.ray_actor_options or {})
-    opts.setdefault("num_cpus", cfg.num_cpus)
-    if cfg.num_gpus:
-        opts.setdefault("num_gpus", cfg.num_gpus)
-    if cfg.resources:
-        opts.setdefault("resources", dict(cfg.resources))
-    if cfg.env:
+    for key, value in replica_placement(cfg).actor_resources.items():
+        opts.setdefault(key, value)
+    env = dict(cfg.env)
+    if cfg.loading.cache_dir:
+        env.setdefault("HF_HOME", cfg.loading.cache_dir)  # vLLM's Ray workers inherit the replica's env
+    if env:
         runtime_env = dict(opts.get("runtime_env") or {})
-        runtime_env["env_vars"] = {**cfg.env, **runtime_env.get("env_vars", {})}
+        runtime_env["env_vars"] = {**env, **runtime_env.get("env_vars", {})}
         opts["runtime_env"] = runtime_env
     return opts
+
+
+def _check_startup_allowance(cfg: ModelConfig) -> None:
+    limit = float(os.environ.get(SLOW_STARTUP_ENV, "30"))
+    if limit < cfg.loading.startup_allowance_s:
+        logger.warning(
+            "model %s: loading.startup_allowance_s is %g s but %s is %g s: a replica still loading when "
+            "Serve's controller restarts is killed after %g s (set it in controller_options.runtime_env)",
+            cfg.name, cfg.loading.startup_allowance_s, SLOW_STARTUP_ENV, limit, limit,
+        )
 
 
 def warm_prefix_text(system_prompt: str) -> str:
@@ -77,17 +96,30 @@ def check_autoscaling_policy(cfg: ModelConfig) -> None:
                          f"{kwargs}: {e}") from None
 
 
-def build_llm_deployment(cfg: ModelConfig) -> Application:
-    check_autoscaling_policy(cfg)
+def llm_deployment_options(cfg: ModelConfig) -> dict:
+    """Serve options of the model's deployment: `deployment` from the config, the replica's resources
+    and, with tensor_parallel_size x pipeline_parallel_size > 1, its placement group
+    (deployments/placement.py)."""
     options = cfg.deployment.as_options()
     router = _router_config(cfg)
     if router is not None:
         options["request_router_config"] = router
     options["ray_actor_options"] = _llm_actor_options(cfg)
+    placement = replica_placement(cfg)
+    if placement.bundles is not None:
+        options["placement_group_bundles"] = placement.bundles
+        options["placement_group_strategy"] = placement.strategy
     options.setdefault("max_ongoing_requests", 256)
-    # Replicas load a model before they are ready: give them time, then check the engine often.
+    # Replicas load a model before they are ready (the constructor); then check the engine often.
     options.setdefault("health_check_period_s", 5)  # Serve replaces after 3 failed checks in a row
     options.setdefault("health_check_timeout_s", 30)
+    return options
+
+
+def build_llm_deployment(cfg: ModelConfig) -> Application:
+    check_autoscaling_policy(cfg)
+    _check_startup_allowance(cfg)
+    options = llm_deployment_options(cfg)
     return serve.deployment(LLMServer).options(name=llm_deployment_name(cfg.name), **options).bind(cfg)
 
 

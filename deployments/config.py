@@ -16,6 +16,7 @@ from cache.config import CacheConfig
 from deployments.admission import DEFAULT_ENGINE_SLOTS, AdmissionConfig
 from deployments.auth import AuthConfig
 from common.deployment_options import DeploymentOptions
+from deployments.placement import expected_num_gpus, replica_placement
 
 # `model: builtin:tiny-llama` names the demo model that deployments/demo_model.py builds offline.
 BUILTIN_DEMO = "builtin:tiny-llama"
@@ -32,6 +33,11 @@ class EngineArgs(BaseModel):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     quantization: Optional[str] = None
     tensor_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+    # None: "ray" when tensor_parallel_size x pipeline_parallel_size > 1 (workers in the replica's
+    # placement group, deployments/placement.py), vLLM's own choice otherwise. "mp": workers are the
+    # replica's child processes on its node (vLLM's CPU build accepts only this one).
+    distributed_executor_backend: Optional[Literal["ray", "mp", "uni"]] = None
     enable_prefix_caching: Optional[bool] = None
     enforce_eager: bool = False
 
@@ -83,6 +89,43 @@ class StandInConfig(BaseModel):
     itl_ms: float = Field(default=10.0, ge=0)  # time per later token
 
 
+class PlacementConfig(BaseModel):
+    """Where a replica's engine workers run when tensor_parallel_size x pipeline_parallel_size > 1
+    (deployments/placement.py gives the bundles and the strategy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The Ray resource each worker reserves one of: GPU, or a custom resource name (TPU hosts,
+    # a node label resource, or a simulated accelerator in tests).
+    accelerator: str = "GPU"
+    # CPUs each worker's bundle reserves besides the accelerator (vLLM's worker keeps one busy).
+    worker_cpus: float = Field(default=1.0, ge=0)
+    # Accelerators of one node. null: the workers fit one node when pipeline_parallel_size is 1.
+    accelerators_per_node: Optional[int] = Field(default=None, ge=1)
+    # Strategy when the workers span nodes (pipeline stages): PACK fills a node before the next
+    # (tensor-parallel groups stay together); SPREAD puts each worker on another node.
+    multi_node_strategy: Literal["PACK", "SPREAD"] = "PACK"
+    # Set to override the derived strategy.
+    strategy: Optional[Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"]] = None
+
+
+class LoadingConfig(BaseModel):
+    """Where the weights of a Hugging Face id are cached, and how long a replica may take to start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # HF_HOME of the replica and of its engine workers: one cache per node, shared by every replica
+    # on it (huggingface_hub locks each file, so concurrent replicas download it once). Point it at
+    # a node-local disk or a volume. null: huggingface_hub's default (~/.cache/huggingface). Local
+    # paths in `model` are read where they are. The Hub token is HF_TOKEN from the environment.
+    cache_dir: Optional[str] = None
+    # Seconds a replica may spend loading (download + weights + warm-up). Serve runs no health
+    # check before the constructor returns; the limit that does apply is the controller's
+    # RAY_SERVE_SLOW_STARTUP_WARNING_S (a replica still starting when a restarted controller
+    # recovers it is killed past it), which serve_config.yaml sets from this value's maximum.
+    startup_allowance_s: float = Field(default=1800.0, gt=0)
+
+
 def llm_deployment_name(model_name: str) -> str:
     """The Serve deployment that serves `model_name`."""
     return "LLM:" + re.sub(r"[^A-Za-z0-9_.-]+", "-", model_name)
@@ -115,9 +158,13 @@ class ModelConfig(BaseModel):
     # Environment of the LLM replica, e.g. VLLM_CPU_KVCACHE_SPACE on CPU.
     env: dict[str, str] = Field(default_factory=dict)
     # What each replica reserves from Ray: CPUs, GPUs (set num_gpus: 1 on GPU nodes), custom resources.
+    # With tensor_parallel_size x pipeline_parallel_size = N > 1 the GPUs follow N (one per worker,
+    # `placement`); a num_gpus set by hand must then equal N (0 for a non-GPU accelerator).
     num_gpus: float = 0.0
     resources: dict[str, float] = Field(default_factory=dict)
     num_cpus: float = 1.0
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    loading: LoadingConfig = Field(default_factory=LoadingConfig)
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
     submit_batching: SubmitBatchingConfig = Field(default_factory=SubmitBatchingConfig)
@@ -151,6 +198,22 @@ class ModelConfig(BaseModel):
         if self.enable_auto_tool_choice and not self.tool_call_parser:
             raise ValueError("enable_auto_tool_choice needs tool_call_parser (e.g. hermes, llama3_json, "
                              "qwen3_coder, glm45): the parser that reads this model's tool calls")
+        return self
+
+    @model_validator(mode="after")
+    def _placement_is_possible(self) -> "ModelConfig":
+        expected = expected_num_gpus(self)
+        if expected is not None and "num_gpus" in self.model_fields_set and self.num_gpus != expected:
+            ea = self.engine_args
+            raise ValueError(
+                f"num_gpus {self.num_gpus:g} disagrees with engine_args.tensor_parallel_size {ea.tensor_parallel_size}"
+                f" x engine_args.pipeline_parallel_size {ea.pipeline_parallel_size} = {expected:g} "
+                f"{self.placement.accelerator} workers (placement.accelerator {self.placement.accelerator!r}): "
+                f"set num_gpus to {expected:g} or leave it out"
+            )
+        if "HF_TOKEN" in self.env:
+            raise ValueError("env.HF_TOKEN: the Hub token comes from the environment (a Secret), never the config")
+        replica_placement(self)  # raises for layouts that cannot work
         return self
 
     @property

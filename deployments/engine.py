@@ -36,6 +36,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 from common.errors import error_body
 from deployments.config import BUILTIN_DEMO, ModelConfig, StreamingConfig
 from deployments.engine_protocol import Engine, EngineLoad, OpenAIRequest, ServeResult
+from deployments.placement import RAY_EXECUTOR, replica_placement
 from deployments.stream_coalescing import ChunkBudget
 
 logger = logging.getLogger("raygate.engine")
@@ -177,8 +178,24 @@ class VLLMEngine(Engine):
         kwargs.update(model=model_path, served_model_name=[cfg.name])
         if cfg.tokenizer:
             kwargs["tokenizer"] = cfg.tokenizer
+        placement = replica_placement(cfg)
+        if placement.executor is not None:
+            kwargs["distributed_executor_backend"] = placement.executor
         args = AsyncEngineArgs(**kwargs)
         vllm_config = args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        if placement.executor == RAY_EXECUTOR and placement.world_size > 1:
+            # The workers go into the replica's own placement group (bundles 1..N hold the
+            # accelerator). EngineCore is a process of its own that joins Ray as a driver and would
+            # not see the group as "current": hand it over explicitly, as Ray Serve LLM does.
+            import ray.util
+
+            group = ray.util.get_current_placement_group()
+            if group is None:
+                raise RuntimeError(
+                    f"tensor_parallel_size x pipeline_parallel_size = {placement.world_size} with the Ray "
+                    "executor needs the replica's placement group, and this replica has none"
+                )
+            vllm_config.parallel_config.placement_group = group
         stat_loggers: list = [_LoadTracker]
         if cfg.engine_metrics:
             from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
@@ -244,7 +261,12 @@ class VLLMEngine(Engine):
         return _LoadTracker.current.updated_at
 
     def engine_pids(self) -> list[int]:
-        """PIDs of every process this engine started (EngineCore, its workers, helpers)."""
+        """PIDs of every process this engine started (EngineCore, its workers, helpers).
+
+        Workers started through Ray (`distributed_executor_backend: ray`) are not among them: they
+        are actors owned by EngineCore, which joins Ray as a driver of its own; when the reaper kills
+        EngineCore, Ray ends its job and kills the actors it owns, and Serve removes the replica's
+        placement group, which kills whatever still runs in it (tests/integration/test_placement.py)."""
         me = psutil.Process(os.getpid())
         return [p.pid for p in me.children(recursive=True)]
 

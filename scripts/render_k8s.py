@@ -6,14 +6,21 @@ function of serve_config.yaml plus the production overrides listed in OVERRIDES 
 changed), and `--check`, which tests/unit/test_k8s_manifests.py runs, fails while the committed
 manifest differs from what this script renders.
 
-    python scripts/render_k8s.py            # rewrite k8s/rayservice.yaml
-    python scripts/render_k8s.py --check    # exit 1 with a diff when k8s/rayservice.yaml is stale
+    python scripts/render_k8s.py            # rewrite k8s/rayservice.yaml and k8s/examples/*.yaml
+    python scripts/render_k8s.py --check    # exit 1 with a diff when one of them is stale
+
+k8s/examples/ holds the same application for models that need several GPUs per replica (a 70B
+model at tensor_parallel_size 4, and at 4 x pipeline_parallel_size 2): VARIANTS lists their extra
+overrides. The GPU worker group of every manifest is derived from its model's parallel sizes
+(`gpu_worker_group`): GPUs per pod = placement.accelerators_per_node (a tensor-parallel group
+never spans pods), pods per replica = tensor x pipeline / GPUs per pod, and the group's replica
+bounds follow the model's autoscaling bounds times pods per replica.
 
 The application's code is not shipped through a `runtime_env.working_dir`: it is installed in the
 image (k8s/Dockerfile builds IMAGE from this repository), so `import_path: deployments.app:build_app`
 and the request router's class import from site-packages on every pod, and a new version of the code
-is a new image tag. Cluster sizes below (CPUs, memory, GPUs per pod) are starting points for one
-NVIDIA GPU per worker pod; k8s/README.md says what to change for other GPUs.
+is a new image tag. Cluster sizes below (CPUs and memory per GPU) are starting points; k8s/README.md
+says what to change for other GPUs.
 """
 
 from __future__ import annotations
@@ -21,31 +28,45 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python scripts/render_k8s.py` reads the model config with raygate's own code
+    sys.path.insert(0, str(REPO))
 SERVE_CONFIG = REPO / "serve_config.yaml"
 MANIFEST = REPO / "k8s" / "rayservice.yaml"
+EXAMPLES = REPO / "k8s" / "examples"
 
 NAME = "raygate"
 RAY_VERSION = "2.60.0"  # the ray[serve] pin in pyproject.toml and the base image of k8s/Dockerfile
 IMAGE = "ghcr.io/raygate/raygate:latest"  # placeholder: push k8s/Dockerfile's build to your registry
 REDIS_URL = "redis://raygate-redis:6379/0"  # the Service in k8s/redis.yaml
 API_KEYS_SECRET = "raygate-api-keys"  # keys `api-keys` ("tenant:key,...") and `admin-keys` (k8s/README.md)
+HF_SECRET = "raygate-hf"  # key `token`: the Hugging Face token for gated models (HF_TOKEN on GPU pods)
+# Hugging Face cache of each GPU node, shared by the replicas (and pods) on it and kept across pod
+# restarts: a hostPath volume, mounted at the path that `loading.cache_dir` names.
+HF_CACHE_HOST_PATH = "/var/lib/raygate/hf-cache"
+HF_CACHE_MOUNT = "/mnt/hf-cache"
 
-# One GPU worker pod holds one LLM replica (num_gpus: 1); Serve autoscaling adds replicas up to
-# GPU_WORKERS_MAX, and Ray's autoscaler adds a pod for each replica that finds no free GPU.
+# The default manifest: one GPU worker pod holds one LLM replica (num_gpus: 1); Serve autoscaling
+# adds replicas up to GPU_WORKERS_MAX, and Ray's autoscaler adds a pod for each replica that finds
+# no free GPU. Pods are sized per GPU.
 GPUS_PER_WORKER = 1
 GPU_WORKERS_MIN = 1
 GPU_WORKERS_MAX = 4
-WORKER_CPUS = 8
-WORKER_MEMORY = "32Gi"
+WORKER_CPUS_PER_GPU = 8
+WORKER_MEMORY_GI_PER_GPU = 32
 HEAD_CPUS = 4
 HEAD_MEMORY = "16Gi"
+# A replica loading a 70B model from the Hub takes minutes; Serve's controller kills a replica still
+# loading when it recovers it after a restart past RAY_SERVE_SLOW_STARTUP_WARNING_S (deployments/app.py).
+STARTUP_ALLOWANCE_S = 1800
 
 DELETE = object()  # an override value: remove the key (it must exist, so stale overrides fail loudly)
 
@@ -61,7 +82,10 @@ OVERRIDES: dict[str, Any] = {
     # One GPU per replica. vLLM's engine-core process and the replica's event loop each keep a core
     # busy; the other half of a worker pod's CPUs is left to the proxy and the ingress/cache replicas.
     _LLM + "num_gpus": GPUS_PER_WORKER,
-    _LLM + "num_cpus": WORKER_CPUS // 2,
+    _LLM + "num_cpus": WORKER_CPUS_PER_GPU // 2,
+    # Hub downloads go to the node's cache volume (HF_CACHE_MOUNT), once per node.
+    _LLM + "loading.cache_dir": HF_CACHE_MOUNT,
+    _LLM + "loading.startup_allowance_s": STARTUP_ALLOWANCE_S,
     # CUDA graphs on (vLLM's default); the CPU demo skips their compilation.
     _LLM + "engine_args.enforce_eager": DELETE,
     # GPU nodes have cores to spare for chunks: a larger chunk budget per replica (the demo's 400/s
@@ -85,11 +109,46 @@ OVERRIDES: dict[str, Any] = {
     "applications.0.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(GPU_WORKERS_MAX * 128 + 160),
 }
 
+
+@dataclass(frozen=True)
+class Variant:
+    """One rendered manifest: its file, and overrides applied after OVERRIDES."""
+
+    path: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+def _llama_70b(tp: int, pp: int) -> dict[str, Any]:
+    """Llama 3.3 70B (gated: needs the raygate-hf Secret) on 4-GPU pods (80 GB GPUs: A100/H100)."""
+    return {
+        _LLM + "model": "meta-llama/Llama-3.3-70B-Instruct",
+        _LLM + "served_model_name": "llama-3.3-70b-instruct",
+        _LLM + "engine_args.tensor_parallel_size": tp,
+        _LLM + "engine_args.pipeline_parallel_size": pp,
+        _LLM + "engine_args.max_model_len": 8192,
+        _LLM + "num_gpus": tp * pp,  # checked against tp x pp at start-up
+        _LLM + "placement.accelerators_per_node": 4,
+        _LLM + "deployment.autoscaling_config.max_replicas": 2,
+        # The admission gate's MAXCONN: 2 replicas x 32 in flight + 64.
+        "controller_options.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(2 * 32 + 64),
+        "applications.0.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(2 * 32 + 64),
+    }
+
+
+VARIANTS: list[Variant] = [
+    Variant(MANIFEST),
+    Variant(EXAMPLES / "llama-70b-tp4.yaml", _llama_70b(4, 1),
+            "Llama 3.3 70B, tensor_parallel_size 4: one 4-GPU pod per replica (STRICT_PACK)"),
+    Variant(EXAMPLES / "llama-70b-tp4-pp2.yaml", _llama_70b(4, 2),
+            "Llama 3.3 70B, tensor_parallel_size 4 x pipeline_parallel_size 2: two 4-GPU pods per replica (PACK)"),
+]
+
 HEADER = """\
 # GENERATED by scripts/render_k8s.py from serve_config.yaml: edit those, then run
 #   python scripts/render_k8s.py
 # (tests/unit/test_k8s_manifests.py fails while this file is stale). spec.serveConfigV2 is
-# serve_config.yaml with the production overrides in OVERRIDES of scripts/render_k8s.py.
+# serve_config.yaml with the production overrides in OVERRIDES of scripts/render_k8s.py{extra}.
 """
 
 
@@ -149,6 +208,32 @@ def _ray_ports(*names: str) -> list[dict]:
     return [{"containerPort": ports[n], "name": n} for n in names]
 
 
+def gpu_worker_group(serve_config: dict) -> dict:
+    """The GPU worker pods the first model's replicas need: GPUs and CPUs per pod, pods per replica,
+    and the group's pod bounds (the model's autoscaling bounds x pods per replica).
+
+    Raises ValueError when the model's workers cannot be laid out on such pods."""
+    from deployments.config import ModelConfig
+    from deployments.placement import replica_placement
+
+    model = ModelConfig.model_validate(serve_config["applications"][0]["args"]["models"][0])
+    placement = replica_placement(model)
+    world = placement.world_size
+    gpus_per_pod = model.placement.accelerators_per_node or max(world, int(model.num_gpus) or 1)
+    pods_per_replica = math.ceil(world / gpus_per_pod)
+    scaling = model.deployment.autoscaling_config or {}
+    replicas_min = scaling.get("min_replicas", model.deployment.num_replicas or 1)
+    replicas_max = scaling.get("max_replicas", model.deployment.num_replicas or 1)
+    return {
+        "gpus_per_pod": gpus_per_pod,
+        "cpus_per_pod": WORKER_CPUS_PER_GPU * gpus_per_pod,
+        "memory": f"{WORKER_MEMORY_GI_PER_GPU * gpus_per_pod}Gi",
+        "pods_per_replica": pods_per_replica,
+        "min_pods": max(1, replicas_min * pods_per_replica),
+        "max_pods": max(2, replicas_max * pods_per_replica),
+    }
+
+
 def _resources(cpus: int, memory: str, gpus: int = 0) -> dict:
     # requests == limits: Ray reads its CPU/GPU counts from the container's limits.
     amounts = {"cpu": str(cpus), "memory": memory}
@@ -185,6 +270,7 @@ def _head_probe(initial_delay_s: int, failure_threshold: int) -> dict:
 def rayservice(serve_config: dict) -> dict:
     """The RayService manifest serving `serve_config` (overrides already applied)."""
     serve_config_v2 = yaml.dump(serve_config, Dumper=_Dumper, sort_keys=False, width=4096)
+    pods = gpu_worker_group(serve_config)
     head = {
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
         "template": {
@@ -207,8 +293,8 @@ def rayservice(serve_config: dict) -> dict:
     }
     gpu_workers = {
         "groupName": "gpu",
-        "minReplicas": GPU_WORKERS_MIN,
-        "maxReplicas": GPU_WORKERS_MAX,
+        "minReplicas": pods["min_pods"],
+        "maxReplicas": pods["max_pods"],
         "rayStartParams": {},  # KubeRay derives num-cpus/num-gpus from the container's limits
         "template": {
             "spec": {
@@ -219,16 +305,19 @@ def rayservice(serve_config: dict) -> dict:
                         "name": "ray-worker",
                         "image": IMAGE,
                         "ports": _ray_ports("serve"),
-                        "resources": _resources(WORKER_CPUS, WORKER_MEMORY, GPUS_PER_WORKER),
+                        "resources": _resources(pods["cpus_per_pod"], pods["memory"], pods["gpus_per_pod"]),
                         "env": [
                             *_auth_env(serve_config),
                             {  # for gated Hugging Face models; optional
                                 "name": "HF_TOKEN",
-                                "valueFrom": {"secretKeyRef": {"name": "raygate-hf", "key": "token", "optional": True}},
+                                "valueFrom": {"secretKeyRef": {"name": HF_SECRET, "key": "token", "optional": True}},
                             },
                         ],
+                        "volumeMounts": [{"name": "hf-cache", "mountPath": HF_CACHE_MOUNT}],
                     }
                 ],
+                "volumes": [{"name": "hf-cache",
+                             "hostPath": {"path": HF_CACHE_HOST_PATH, "type": "DirectoryOrCreate"}}],
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
             }
         },
@@ -249,15 +338,22 @@ def rayservice(serve_config: dict) -> dict:
     }
 
 
-def render(serve_config_path: Path = SERVE_CONFIG) -> str:
-    """The text of k8s/rayservice.yaml for the serve config at `serve_config_path`."""
-    config = apply_overrides(load_serve_config(serve_config_path), OVERRIDES)
-    return HEADER + yaml.dump(rayservice(config), Dumper=_Dumper, sort_keys=False, width=4096)
+def rendered_config(serve_config_path: Path = SERVE_CONFIG, variant: Variant = VARIANTS[0]) -> dict:
+    """serve_config.yaml with OVERRIDES and then the variant's overrides applied."""
+    return apply_overrides(apply_overrides(load_serve_config(serve_config_path), OVERRIDES), variant.overrides)
 
 
-def drift(serve_config_path: Path = SERVE_CONFIG, manifest_path: Path = MANIFEST) -> list[str]:
+def render(serve_config_path: Path = SERVE_CONFIG, variant: Variant = VARIANTS[0]) -> str:
+    """The text of the variant's manifest (default: k8s/rayservice.yaml) for the serve config."""
+    config = rendered_config(serve_config_path, variant)
+    extra = f",\n# then VARIANTS' overrides for {variant.path.name}. {variant.note}" if variant.overrides else ""
+    return HEADER.format(extra=extra) + yaml.dump(rayservice(config), Dumper=_Dumper, sort_keys=False, width=4096)
+
+
+def drift(serve_config_path: Path = SERVE_CONFIG, manifest_path: Path = MANIFEST,
+          variant: Variant = VARIANTS[0]) -> list[str]:
     """A unified diff from the committed manifest to the rendered one; empty when they agree."""
-    rendered = render(serve_config_path)
+    rendered = render(serve_config_path, variant)
     committed = Path(manifest_path).read_text() if Path(manifest_path).exists() else ""
     return list(
         difflib.unified_diff(
@@ -272,19 +368,24 @@ def drift(serve_config_path: Path = SERVE_CONFIG, manifest_path: Path = MANIFEST
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve-config", type=Path, default=SERVE_CONFIG, help="default: %(default)s")
-    parser.add_argument("--out", type=Path, default=MANIFEST, help="default: %(default)s")
-    parser.add_argument("--check", action="store_true", help="exit 1 if --out differs from the rendering")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the default manifest only, to this path (default: every manifest in VARIANTS)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a manifest differs from the rendering")
     args = parser.parse_args(argv)
-    if args.check:
-        diff = drift(args.serve_config, args.out)
-        if diff:
-            sys.stderr.writelines(diff)
-            sys.stderr.write(f"\n{args.out} is stale: run python scripts/render_k8s.py\n")
-            return 1
-        return 0
-    args.out.write_text(render(args.serve_config))
-    print(f"wrote {args.out}")
-    return 0
+    targets = [(args.out, VARIANTS[0])] if args.out else [(v.path, v) for v in VARIANTS]
+    stale = 0
+    for path, variant in targets:
+        if args.check:
+            diff = drift(args.serve_config, path, variant)
+            if diff:
+                sys.stderr.writelines(diff)
+                sys.stderr.write(f"\n{path} is stale: run python scripts/render_k8s.py\n")
+                stale += 1
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(args.serve_config, variant))
+        print(f"wrote {path}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

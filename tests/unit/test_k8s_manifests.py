@@ -9,6 +9,7 @@ inside it against Ray Serve's and raygate's schemas, and the resources against e
 import copy
 import importlib.util
 import re
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,6 +28,7 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD is 1 MB of YA
 def _load_script():
     spec = importlib.util.spec_from_file_location("render_k8s", REPO / "scripts" / "render_k8s.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -97,9 +99,10 @@ def _container(group: dict) -> dict:
 # (1) generated, not edited
 
 
-def test_committed_manifest_is_what_the_script_renders():
-    diff = render_k8s.drift()
-    assert not diff, "k8s/rayservice.yaml is stale; run python scripts/render_k8s.py\n" + "".join(diff)
+@pytest.mark.parametrize("variant", render_k8s.VARIANTS, ids=lambda v: v.path.name)
+def test_committed_manifest_is_what_the_script_renders(variant):
+    diff = render_k8s.drift(manifest_path=variant.path, variant=variant)
+    assert not diff, f"{variant.path} is stale; run python scripts/render_k8s.py\n" + "".join(diff)
 
 
 def test_check_mode_fails_on_a_stale_manifest(tmp_path):
@@ -239,3 +242,98 @@ def test_redis_service_matches_the_cache_url(serve_config):
     args = redis["args"]
     assert args[args.index("--maxmemory-policy") + 1] == "volatile-lru"  # every cache entry has a TTL
     assert "--maxmemory" in args and redis["readinessProbe"]["exec"]["command"] == ["redis-cli", "ping"]
+
+
+# (6) every manifest, the 70B examples included: the GPU pods follow tensor x pipeline parallelism
+
+
+def _variant(variant) -> tuple[dict, dict]:
+    m = yaml.safe_load(variant.path.read_text())
+    return m, yaml.safe_load(m["spec"]["serveConfigV2"])
+
+
+@pytest.mark.parametrize("variant", render_k8s.VARIANTS, ids=lambda v: v.path.name)
+def test_every_manifest_validates_against_the_crd_and_serves_schema(variant, crd_schema):
+    from ray.serve.schema import ServeDeploySchema
+
+    m, config = _variant(variant)
+    assert schema_errors(m, crd_schema) == []
+    ServeDeploySchema.model_validate(config)
+    AppConfig.model_validate(config["applications"][0]["args"])
+    assert render_k8s.apply_overrides(render_k8s.apply_overrides(
+        yaml.safe_load((REPO / "serve_config.yaml").read_text()), render_k8s.OVERRIDES), variant.overrides) == config
+
+
+def test_the_70b_examples_are_tensor_4_and_tensor_4_by_pipeline_2():
+    sizes = []
+    for variant in render_k8s.VARIANTS[1:]:
+        llm = AppConfig.model_validate(_variant(variant)[1]["applications"][0]["args"]).models[0]
+        assert "70B" in llm.model
+        sizes.append((llm.engine_args.tensor_parallel_size, llm.engine_args.pipeline_parallel_size))
+    assert sizes == [(4, 1), (4, 2)]
+
+
+def _pack(bundles: list[dict], pods: int, gpus: int, cpus: float) -> list[int] | None:
+    """First-fit of the placement group's bundles into `pods` empty pods (what PACK / STRICT_PACK do
+    on an otherwise empty group); the pod of each bundle, or None when they do not fit."""
+    free = [{"GPU": float(gpus), "CPU": cpus} for _ in range(pods)]
+    where = []
+    for bundle in bundles:
+        pod = next((i for i, f in enumerate(free) if all(f.get(k, 0) >= v for k, v in bundle.items())), None)
+        if pod is None:
+            return None
+        for k, v in bundle.items():
+            free[pod][k] -= v
+        where.append(pod)
+    return where
+
+
+@pytest.mark.parametrize("variant", render_k8s.VARIANTS, ids=lambda v: v.path.name)
+def test_the_gpu_worker_group_follows_tensor_by_pipeline_parallelism(variant):
+    from deployments.placement import replica_placement
+
+    m, config = _variant(variant)
+    llm = AppConfig.model_validate(config["applications"][0]["args"]).models[0]
+    (group,) = [g for g in _groups(m)[1] if g["groupName"] == "gpu"]
+    limits = _container(group)["resources"]["limits"]
+    gpus, cpus = int(limits["nvidia.com/gpu"]), float(limits["cpu"])
+    ea = llm.engine_args
+    world = ea.tensor_parallel_size * ea.pipeline_parallel_size
+    assert ea.tensor_parallel_size <= gpus, "a tensor-parallel group never spans pods"
+    pods_per_replica = -(-world // gpus)
+    scaling = llm.deployment.autoscaling_config
+    assert group["maxReplicas"] >= scaling["max_replicas"] * pods_per_replica
+    assert group["minReplicas"] >= scaling["min_replicas"] * pods_per_replica
+    placement = replica_placement(llm)
+    if world == 1:
+        assert placement.bundles is None and llm.num_gpus <= gpus and llm.num_cpus < cpus
+        return
+    assert llm.num_gpus == world and placement.executor == "ray"
+    assert placement.strategy == ("STRICT_PACK" if pods_per_replica == 1 else "PACK")
+    # The replica's bundles fit the pods of one replica, each pod using all its GPUs.
+    where = _pack(placement.bundles, pods_per_replica, gpus, cpus)
+    assert where is not None, (placement.bundles, gpus, cpus)
+    assert sorted(set(where)) == list(range(pods_per_replica))
+
+
+@pytest.mark.parametrize("variant", render_k8s.VARIANTS, ids=lambda v: v.path.name)
+def test_hub_downloads_go_to_the_nodes_cache_volume_with_the_token_from_a_secret(variant):
+    m, config = _variant(variant)
+    llm = AppConfig.model_validate(config["applications"][0]["args"]).models[0]
+    (group,) = [g for g in _groups(m)[1] if g["groupName"] == "gpu"]
+    pod = group["template"]["spec"]
+    mounts = {v["name"]: v["mountPath"] for v in _container(group)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert llm.loading.cache_dir == mounts["hf-cache"]
+    assert volumes["hf-cache"]["hostPath"]["path"] == render_k8s.HF_CACHE_HOST_PATH  # one cache per node
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}) for e in _container(group)["env"]}
+    assert env["HF_TOKEN"]["name"] == render_k8s.HF_SECRET
+    assert "HF_TOKEN" not in m["spec"]["serveConfigV2"]  # never in the config, which Serve shows
+
+
+@pytest.mark.parametrize("variant", [None, *render_k8s.VARIANTS], ids=lambda v: v.path.name if v else "serve_config")
+def test_the_controller_lets_replicas_load_for_their_startup_allowance(variant):
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text()) if variant is None else _variant(variant)[1]
+    limit = float(config["controller_options"]["runtime_env"]["env_vars"]["RAY_SERVE_SLOW_STARTUP_WARNING_S"])
+    models = AppConfig.model_validate(config["applications"][0]["args"]).models
+    assert all(m.loading.startup_allowance_s <= limit for m in models)
