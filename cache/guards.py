@@ -7,12 +7,17 @@ details: a number, a negation, a unit, a named thing, a requested format or lang
 qualifier. Paraphrases reword the *frame* of a question (could you / how do I / pls) and keep those
 details. So a neighbour is accepted only when the details of both texts match:
 
-- numbers (digits, fractions and number words, `3-day` = `three day`) are equal, repeats counted;
-- negation cues (not, no, without, except, avoid, ...) are equal as sets;
-- every content word (stemmed, case-insensitive, outside a list of conversational frame words) of
-  each text appears in the other, or is a known synonym of one that does; symbols such as `===` or
-  `C++` count as content;
-- the two sides of a directional word keep their places ("Celsius to Fahrenheit").
+- numbers (digits, fractions, number words, `3-day` = `three day`, `10k` = `ten thousand`) are
+  equal, repeats counted; a count of one is not compared ("a cup" is "one cup");
+- negation cues (not, no, without, -free, prevent, avoid, stop X from, except, only, worst, ...)
+  are equal as sets;
+- content words (stemmed, case-insensitive, outside a list of conversational frame words) of each
+  text appear in the other, or are kept by another word; symbols such as `===` or `C++` count as
+  content. Without WordNet "kept" means a small list of synonyms; with it (cache/lexicon.py) a
+  word sharing a sense, another spelling of the word, and added or dropped generic verbs and
+  adverbs; an antonym or a sibling (another city, language, unit) in its place is a change;
+- "how often / long / much / far / old" are question words of their own and match literally;
+- no two shared content words swap sides of the same directional words ("Celsius to Fahrenheit").
 
 The checks are deliberately strict: a guard that rejects a true paraphrase costs one generation; a
 guard that accepts a look-alike serves a wrong answer. `bench/cache_eval.py` measures both.
@@ -28,6 +33,8 @@ from typing import Optional
 
 import snowballstemmer
 
+from cache import lexicon
+
 _STEMMER = snowballstemmer.stemmer("english")
 
 # Words that frame a request without changing what is asked: auxiliaries, pronouns, politeness,
@@ -37,12 +44,13 @@ FRAME_WORDS = frozenset(
     a an the and or but so to of in on at by for from with into onto as is are was were be been being
     am do does did doing done have has had having can could would should shall will may might must
     i me my mine we us our you your yours it its this that these those there here they them
-    their what whats which who whom whose how why when where whether if then than
+    their what whats which whose how whether if then than
     please pls plz kindly thanks thank hi hello hey ok okay just really actually also maybe
     show tell explain give help want need know let like get got make way ways some any thing things
     something anything able possible exactly simply quick quickly briefly basically
-    question ask asking wondering curious idea best good between
+    question ask asking wondering curious idea between best good ideal
     use using used
+    explanation instructions instruction advice steps step
     s t d ll re ve m
     """.split()
 )
@@ -53,9 +61,24 @@ _PLAIN_NEGATION = frozenset(
     """
     not no never none nothing nobody nowhere neither nor without cannot cant dont doesnt didnt isnt
     arent wasnt werent wont wouldnt shouldnt couldnt lack lacking
+    prevent prevents preventing avoid avoids avoiding
     """.split()
 )
-NEGATION_CUES = _PLAIN_NEGATION | frozenset("except excluding exclude avoid non un anti instead only".split())
+# Verbs of prevention assert a negated outcome: "prevent X", "avoid X" and "stop / keep Y from
+# X-ing" ask how to make X not happen, as "make Y not X" does; they count as plain negation.
+_PREVENT_FROM = re.compile(r"\b(?:stop|keep|prevent)\s+((?:[\w']+\s+){0,4}?)from\s+(\w+ing)\b")
+# The suffix "-free" negates its stem: "chemical-free" is "without chemicals".
+_FREE = re.compile(r"\b([a-z]+)-free\b")
+# "10k" is ten thousand.
+_THOUSANDS = re.compile(r"\b(\d+(?:\.\d+)?)k\b")
+# Multiplying numerals: "ten thousand", "two hundred".
+_MULTIPLIERS = {"hundred": 100, "thousand": 1000, "million": 1000000, "billion": 1000000000}
+# Requests read positively by default: "what time should I visit" asks for the best time, so "best",
+# "good", "ideal" are frame words above; the negative evaluatives reverse that reading, and count
+# as cues like negation.
+_NEGATIVE_EVALUATION = frozenset("bad worse worst".split())
+NEGATION_CUES = (_PLAIN_NEGATION | _NEGATIVE_EVALUATION
+                 | frozenset("except excluding exclude non un anti instead only".split()))
 
 _NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
@@ -71,6 +94,15 @@ _NUMBER_WORDS = {
 # languages and formats are never listed here: those must match literally.
 SYNONYM_GROUPS = (
     "differ difference different distinguish vs versus compare comparison",
+    # "why" asks for a cause or a reason, as "what causes" and "what is the reason" do; unlike the
+    # other question words it fixes the kind of answer, so it is content.
+    "why reason cause",
+    # Likewise "when" asks for a time, "where" for a place, "who" for a person: each fixes the kind
+    # of answer ("how should I repot" is not "when should I repot"); "what"/"which" and "how" leave
+    # it to the words around them and stay frame words.
+    "when time",
+    "where place location",
+    "who whom person",
     "fix repair solve resolve",
     "write create build implement",
     "function func method",
@@ -84,7 +116,7 @@ SYNONYM_GROUPS = (
     "start begin",
     "stop end finish",
     "buy purchase",
-    "cost price expensive cheap",
+    "cost price",
     "kid child children",
     "car vehicle auto",
     "doctor physician",
@@ -92,9 +124,25 @@ SYNONYM_GROUPS = (
     "example instance sample",
 )
 
+# Case forms of one pronoun refer to the same person ("her weight" / "should she weigh"); the
+# person itself is a detail ("he" is not "she"), so the forms map to one item and stay content.
+_PRONOUN_CASES = {"him": "he", "his": "he", "himself": "he", "her": "she", "hers": "she", "herself": "she"}
+# "how" fused with a degree word asks for a particular measure: how often (frequency), how long
+# (duration), how much / many (amount), how far (distance), how old (age). These compounds are one
+# question word each and must match literally, whatever WordNet relates between their parts.
+_HOW_MEASURES = frozenset("often much many long far old big soon large tall fast heavy frequently".split())
+# "how many" (count nouns) and "how much" (mass nouns) ask for one measure, an amount; "how
+# frequently" is "how often".
+_HOW_SAME = {"many": "much", "frequently": "often"}
+# Additive focus particles at the end of a clause ("safe for cats too", "on concrete as well") say
+# that an earlier question applies to a new thing; the new thing is the content, not the particle.
+_ADDITIVE = re.compile(r"\b(?:too|as well)\s*(?=[?.!,]|$)")
+
 _WORD = re.compile(r"\d+/\d+|[a-z0-9]+(?:[.'][a-z0-9]+)*|[=!<>+*/%&|^~#@$]{1,4}| - ")
 # Words whose two sides are not interchangeable.
-_DIRECTIONAL = frozenset({"to", "into", "from", "for", "than", "over", "instead", "per", "vs"})
+# "of" relates a part or property to its whole ("15% of 80", "the capital of France"): its sides are
+# not interchangeable either.
+_DIRECTIONAL = frozenset({"to", "into", "from", "for", "than", "over", "instead", "per", "vs", "of"})
 _MATH = re.compile(r"[=+*^]")
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
 _FRACTION = re.compile(r"^(\d+)/(\d+)$")
@@ -102,7 +150,7 @@ _FRACTION = re.compile(r"^(\d+)/(\d+)$")
 
 def normalize(text: str) -> str:
     """Case-folded, unicode-normalized text with quotes unified: the form every check reads."""
-    text = unicodedata.normalize("NFKC", text).casefold()
+    text = unicodedata.normalize("NFKC", text).casefold().replace("\u2212", "-")  # the minus sign
     return text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
 
 
@@ -133,27 +181,66 @@ class Details:
     # For each content word, the segments (between directional words such as "to", "for",
     # "from") it appears in: "Tokyo to New York" is not "New York to Tokyo".
     segments: tuple = ()
+    # content item -> the word as written (casefolded), for the lexical checks
+    surface: tuple = ()
+    # content items written with a capital inside a sentence: names (Python, Canada, Tuesday)
+    names: frozenset = field(default_factory=frozenset)
+    # every content word as written, in order (for compounds spelled open or closed)
+    words: tuple = ()
+    # content words written more than once, with their counts: a word repeated has a second role
+    # ("the French Revolution, in French"; "active": true in a sample and "active is true" asked)
+    repeats: tuple = ()
+    # content items right after a determiner ("a reverse mortgage", "the following code"): English
+    # syntax puts a noun phrase there, so the word is a noun or a modifier, never a verb
+    nominal: frozenset = field(default_factory=frozenset)
 
 
 def _tokens(text: str) -> list[str]:
     text = normalize(text)
     text = re.sub(r"(\d),(\d{3})", r"\1\2", text)  # 10,000 -> 10000
     text = re.sub(r"n't\b", " not", text)
+    text = _ADDITIVE.sub(" ", text)
+    text = _PREVENT_FROM.sub(r"not \1\2", text)
+    text = _FREE.sub(r"without \1", text)
+    text = _THOUSANDS.sub(lambda m: f"{float(m[1]) * 1000:g}", text)
     return _WORD.findall(text)
+
+
+_DETERMINERS = frozenset("a an the my your his her its our their this that these those some any each every".split())
+
+# A capitalised word that does not open a sentence is a name in English orthography.
+_CAPITALISED = re.compile(r"(?<![.!?:\n]\s)(?<!^)\b([A-Z][A-Za-z0-9]*)")
 
 
 @lru_cache(maxsize=65536)
 def details(text: str) -> Details:
     numbers, negations, content = [], set(), set()
-    segment, segments = 0, {}
+    segment, segments, surface, directions = 0, {}, {}, []
     math = bool(_MATH.search(text))
+    capitalised = {normalize(m) for m in _CAPITALISED.findall(text.strip())}
+    names, words, nominal, counts = set(), [], set(), {}
+    previous = ""
     for tok in _tokens(text):
         tok = tok.strip()
+        after_how, after_number = previous == "how", bool(_NUMBER.match(previous) or previous in _NUMBER_WORDS)
+        after_determiner, previous = previous in _DETERMINERS, tok
+        if after_how and tok in _HOW_MEASURES:
+            item = "how-" + _HOW_SAME.get(tok, tok)
+            content.add(item)
+            segments.setdefault(item, set()).add(segment)
+            surface.setdefault(item, item)
+            continue
         if tok in NEGATION_CUES:
             negations.add("not" if tok in _PLAIN_NEGATION else tok)
             continue
         if tok in _DIRECTIONAL:
             segment += 1
+            directions.append(tok)
+            continue
+        if tok in _MULTIPLIERS and after_number and numbers:
+            segments.get(f"#{numbers[-1]:g}", set()).discard(segment)
+            numbers[-1] *= _MULTIPLIERS[tok]
+            segments.setdefault(f"#{numbers[-1]:g}", set()).add(segment)
             continue
         fraction = _FRACTION.match(tok)
         if fraction:
@@ -161,10 +248,13 @@ def details(text: str) -> Details:
             continue
         if _NUMBER.match(tok) or tok in _NUMBER_WORDS:
             numbers.append(float(_NUMBER_WORDS[tok] if tok in _NUMBER_WORDS else tok))
+            # numbers take part in the order check ("15% of 80" is not "80% of 15")
+            segments.setdefault(f"#{numbers[-1]:g}", set()).add(segment)
             continue
         if tok == "-" and not math:
             continue  # a dash between words, not a minus
         word = tok.replace("'", "")
+        word = _PRONOUN_CASES.get(word, word)
         if word in FRAME_WORDS:
             continue
         stem = _stem(word)
@@ -173,19 +263,69 @@ def details(text: str) -> Details:
         item = _SYNONYMS.get(stem, stem)
         content.add(item)
         segments.setdefault(item, set()).add(segment)
+        surface.setdefault(item, word)
+        words.append(word)
+        if after_determiner:
+            nominal.add(item)
+        if tok in capitalised:
+            names.add(item)
+        counts[item] = counts.get(item, 0) + 1
+    # "a cup" is "one cup": the indefinite article is the numeral one, so a count of one is not
+    # compared (any other count is).
+    numbers = [n for n in numbers if n != 1]
     return Details(tuple(sorted(numbers)), frozenset(negations), frozenset(content),
-                   (segment, tuple(sorted((k, tuple(sorted(v))) for k, v in segments.items()))))
+                   (tuple(directions), tuple(sorted((k, tuple(sorted(v))) for k, v in segments.items()))),
+                   tuple(sorted(surface.items())), frozenset(names), tuple(words),
+                   tuple(sorted((n, k) for n, k in counts.items() if k > 1)), frozenset(nominal))
 
 
 def mismatch(query: str, candidate: str) -> Optional[str]:
-    """Why `candidate`'s answer must not serve `query` (a short reason), or None when the details agree."""
+    """Why `candidate`'s answer must not serve `query` (a short reason), or None when the details agree.
+
+    Reasons: "numbers", "negation", "antonym", "sibling", "content", "order"."""
     q, c = details(query), details(candidate)
     if q.numbers != c.numbers:
         return "numbers"
     if q.negations != c.negations:
         return "negation"
-    if q.content != c.content:
+    if _repeats_differ(q, c):
         return "content"
-    if q.segments[0] == c.segments[0] > 0 and q.segments[1] != c.segments[1]:
+    if q.content != c.content:
+        reason = lexicon.content_change(q, c)
+        if reason is not None:
+            return reason
+    if order_swapped(q, c):
         return "order"
     return None
+
+
+def _repeats_differ(q: Details, c: Details) -> bool:
+    """True when a content word both texts have is repeated more often in one of them."""
+    qr, cr = dict(q.repeats), dict(c.repeats)
+    return any(qr.get(k, 1) != cr.get(k, 1) for k in (set(qr) | set(cr)) & q.content & c.content)
+
+
+def order_swapped(q: Details, c: Details) -> bool:
+    """True when the texts have the same directional words and two shared content words swapped
+    sides of them (see `_inverted`)."""
+    return bool(q.segments[0] == c.segments[0] and q.segments[0] and _inverted(q, c))
+
+
+def _inverted(q: Details, c: Details) -> bool:
+    """True when two content words both texts share sit on opposite sides of the same directional
+    words, in the opposite order: the arguments of "to", "from", "than", "for" were swapped
+    ("Celsius to Fahrenheit", "substitute A for B"). Only texts with the same sequence of
+    directional words are compared: fronting a phrase ("For loops, is A faster than B?") reorders
+    the sequence without swapping any argument."""
+    qs, cs = dict(q.segments[1]), dict(c.segments[1])
+    shared = (q.content & c.content | {k for k in qs if k.startswith("#")}) & set(qs) & set(cs)
+    qs = {k: v for k, v in qs.items() if k in shared and v}
+    cs = {k: v for k, v in cs.items() if k in shared and v}
+    shared = set(qs) & set(cs)
+    items = sorted(shared)
+    for i, x in enumerate(items):
+        for y in items[i + 1:]:
+            if (max(qs[x]) < min(qs[y]) and max(cs[y]) < min(cs[x])) or \
+               (max(qs[y]) < min(qs[x]) and max(cs[x]) < min(cs[y])):
+                return True
+    return False

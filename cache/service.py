@@ -24,7 +24,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from cache import metrics
+from cache import lexicon, metrics
 from cache.config import CacheConfig
 from cache.embedder import Embedder
 from cache.matching import SemanticLookup, guarded_neighbours
@@ -56,6 +56,9 @@ class SemanticCache:
         self._ready = asyncio.Event()
         self._follower = asyncio.create_task(self._follow())
         self._embedder.encode(["warm-up"])
+        # Load WordNet now (about 2 s), not at the first lookup, and say which checks are active.
+        await asyncio.to_thread(lexicon.load)
+        logger.info(lexicon.status())
 
     # ---- embeddings --------------------------------------------------------------------------
 

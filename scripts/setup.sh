@@ -35,6 +35,19 @@ if ! grep -q RAY_SERVE_HAPROXY_BINARY_PATH "$VENV/bin/activate"; then
   printf '\n# raygate: Serve HAProxy without kernel splicing\nexport RAY_SERVE_HAPROXY_BINARY_PATH="$VIRTUAL_ENV/bin/raygate-haproxy"\n' >> "$VENV/bin/activate"
 fi
 
+# WordNet for the semantic cache's content checks (cache/lexicon.py): Debian/Ubuntu's wordnet-base,
+# copied where NLTK reads it ($VENV/nltk_data). Without it the cache keeps its literal checks and says
+# so at start. Not root and no sudo: ask an administrator for `apt-get install wordnet-base`, then
+# rerun this script (or `python -m cache.lexicon $VENV/nltk_data`).
+if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y --no-install-recommends wordnet-base || { apt-get update && apt-get install -y --no-install-recommends wordnet-base; } || true
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    sudo apt-get install -y --no-install-recommends wordnet-base || true
+  fi
+fi
+"$VENV/bin/python" -m cache.lexicon "$VENV/nltk_data" || echo "WordNet not installed: the semantic cache runs with its literal content checks"
+
 # Build the offline demo model now (it would otherwise be built at first start).
 "$VENV/bin/python" -m deployments.demo_model
 echo "raygate installed in $VENV. Next: . $VENV/bin/activate && serve run serve_config.yaml"

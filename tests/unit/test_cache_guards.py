@@ -38,3 +38,135 @@ def test_rewordings_that_keep_the_details_pass(query, candidate):
 def test_numbers_are_normalised():
     assert details("$10,000 and 1/2 cup").numbers == details("10000 dollars, 0.5 cup").numbers
     assert details("1 cup, 1/2 cup").numbers != details("1 cup, 1 cup").numbers
+
+
+# ---- WordNet-aware content checks (cache/lexicon.py) -------------------------------------------
+
+from cache import lexicon  # noqa: E402
+
+wordnet = pytest.mark.skipif(lexicon.load() is None, reason="WordNet not installed (scripts/setup.sh installs it)")
+
+
+@wordnet
+@pytest.mark.parametrize("query,candidate", [
+    ("Is it safe to eat uncooked cookie dough?", "Is it safe to eat raw cookie dough?"),
+    ("Is Python quicker than C++ for numeric loops?", "Is Python faster than C++ for numeric loops?"),
+    ("What is the reason for letting meat rest after cooking?", "Why should meat rest after cooking?"),
+])
+def test_a_synonym_keeps_the_question(query, candidate):
+    assert mismatch(query, candidate) is None
+
+
+@wordnet
+@pytest.mark.parametrize("query,candidate", [
+    ("How do I increase the font size in VS Code?", "How do I decrease the font size in VS Code?"),
+    ("Should I buy a house now?", "Should I sell a house now?"),
+    ("Is Python slower than C++ for numeric loops?", "Is Python faster than C++ for numeric loops?"),
+])
+def test_an_antonym_changes_the_question(query, candidate):
+    assert mismatch(query, candidate) == "antonym"
+
+
+@wordnet
+@pytest.mark.parametrize("query,candidate", [
+    ("What is the weather like in Paris in May?", "What is the weather like in London in May?"),
+    ("Translate thank you into Korean.", "Translate thank you into Vietnamese."),
+])
+def test_a_sibling_entity_changes_the_question(query, candidate):
+    assert mismatch(query, candidate) == "sibling"
+
+
+@wordnet
+def test_only_generic_words_may_be_added():
+    assert mismatch("Is a visa required for US citizens visiting Japan?", "Do US citizens visiting Japan need a visa?") is None
+    assert mismatch("Give me a vegan pancake recipe for 4 people.", "Give me a pancake recipe for 4 people.") == "content"
+    assert mismatch("What should I wear for a hike in October at night?", "What should I wear for a hike in October?") == "content"
+
+
+@wordnet
+def test_measure_questions_and_negative_evaluation_stay_literal():
+    assert mismatch("How often should I feed an adult cat?", "How much should I feed an adult cat?") == "content"
+    assert details("How many eggs?").content == details("how much egg").content
+    assert mismatch("What is the worst time of year to visit Iceland?", "What is the best time of year to visit Iceland?") == "negation"
+
+
+@wordnet
+def test_a_generic_word_replaced_by_an_unrelated_one_changes_the_question():
+    assert lexicon.word_info("read").light and lexicon.word_info("write").light
+    assert mismatch("How do I read a CSV file with pandas?", "How do I write a CSV file with pandas?") == "content"
+
+
+def test_without_wordnet_the_literal_checks_remain(monkeypatch):
+    monkeypatch.setattr(lexicon, "load", lambda: None)
+    assert mismatch("Is it safe to eat uncooked cookie dough?", "Is it safe to eat raw cookie dough?") == "content"
+    assert mismatch("How do I reverse a list in JavaScript?", "How do I reverse a list in Python?") == "content"
+    assert mismatch("What's the way to reverse a Python list?", "How do I reverse a list in Python?") is None
+    assert "literal" in lexicon.status()
+
+
+def test_lexnames_table_is_wordnets():
+    rows = [line.split("\t") for line in lexicon.lexnames_table().splitlines()]
+    assert len(rows) == 45
+    assert rows[0] == ["00", "adj.all", "3"] and rows[3] == ["03", "noun.Tops", "1"]
+    assert rows[28] == ["28", "noun.time", "1"] and rows[44] == ["44", "adj.ppl", "3"]
+
+
+def test_prepare_without_the_database_returns_none(tmp_path):
+    assert lexicon.prepare(tmp_path / "data", source=tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("query,candidate", [
+    ("How can I stop rice from sticking to the pot?", "How do I make rice not stick to the pot?"),
+    ("Is there a chemical-free way to unclog a sink?", "How do I unclog a sink without chemicals?"),
+    ("For numeric loops, is Python faster than C++?", "Is Python faster than C++ for numeric loops?"),
+])
+def test_negation_and_order_rewordings_pass(query, candidate):
+    assert mismatch(query, candidate) is None
+
+
+def test_swapped_arguments_of_a_directional_word_are_rejected():
+    assert mismatch("Can I substitute baking powder for baking soda?",
+                    "Can I substitute baking soda for baking powder?") == "order"
+
+
+def test_counts_of_one_and_thousands():
+    assert details("10k steps").numbers == details("ten thousand steps").numbers == details("10,000 steps").numbers
+    assert details("a cup of flour").numbers == details("1 cup of flour").numbers
+    assert details("a cup of flour").numbers != details("2 cups of flour").numbers
+
+
+@wordnet
+def test_spelling_variants_and_modifiers():
+    assert mismatch("How do I count lines in all txt files in the current dir?",
+                    "How do I count lines in all txt files in the current directory?") is None
+    assert mismatch("regex for us zipcode", "regex for us zip code") is None
+    # "reverse" is a common verb, but after a determiner it modifies a noun: a narrower request
+    assert mismatch("Explain how a reverse mortgage works.", "Explain how a mortgage works.") == "content"
+
+
+@wordnet
+def test_word_lookups_are_fast_once_loaded():
+    import time
+
+    lexicon.word_info("warm-up")
+    words = [f"{w}" for w in "set run take break cut make point line draw hold turn play light head".split()]
+    start = time.perf_counter()
+    for w in words:
+        lexicon.word_info.__wrapped__(w)  # uncached: the relations table, not the LRU
+    assert (time.perf_counter() - start) / len(words) < 0.005
+
+
+def test_question_words_that_fix_the_answer_kind_are_content():
+    assert mismatch("How should I repot a monstera?", "When should I repot a monstera?") is not None
+    assert mismatch("What is 80% of 15?", "What is 15% of 80?") == "order"
+    assert mismatch("Summarize the French Revolution in one paragraph, in French.",
+                    "Summarize the French Revolution in one paragraph.") == "content"
+
+
+@wordnet
+@pytest.mark.parametrize("query,candidate", [
+    ("What's the best way to teach Spanish?", "What's the best way to learn Spanish?"),  # "learn" is listed under "teach"
+    ("How many hours should a 5-year-old nap?", "How many hours should a 5-year-old sleep?"),  # "sleep" under "nap"
+])
+def test_a_rare_shared_sense_is_not_synonymy(query, candidate):
+    assert mismatch(query, candidate) is not None
