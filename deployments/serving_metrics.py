@@ -3,10 +3,20 @@ tenant limits (`ray_raygate_request_seconds`, `ray_raygate_first_chunk_seconds`,
 `ray_raygate_admission_*`, `ray_raygate_deadline_*`, `ray_raygate_rate_limit*`, `ray_raygate_auth_failures`).
 
 The engine's own view (TTFT, ITL, E2E inside vLLM, its queues and caches) is vLLM's series,
-exported by the replicas as `ray_vllm_*` (ModelConfig.engine_metrics)."""
+exported by the replicas as `ray_vllm_*` (ModelConfig.engine_metrics).
+
+A stream's body ends with its `[DONE]` chunk (`observe_latency`): the `openai` SDK closes the
+connection as soon as it reads `[DONE]`, and Serve's HAProxy counts a client that closes before the
+response has ended (HAProxy termination state `C*`) as status 499 in `ray_serve_num_http_requests_total`.
+The ingress used to end the body only after one more round trip to the LLM replica (to learn that its
+stream had ended), and in that gap the SDK hung up: 4 of 40 complete SDK streams counted 499 (4
+concurrent SDK clients, tiny-llama; curl, which reads to the end, never). Against HAProxy with Serve's
+`option abortonclose`, 20 of 20 SDK streams whose server waited 20 ms after `[DONE]` counted as
+client aborts (`CD`), 0 of 20 when the body ended with `[DONE]`."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import AsyncIterator
 
@@ -74,7 +84,11 @@ RETRIES = Counter(
 
 
 def observe_latency(response: Response, model: str, source: str, started: float) -> None:
-    """Record a successful response's latency; a stream's when its first chunk and its end are sent."""
+    """Record a successful response's latency; a stream's when its first chunk and its end are sent.
+
+    A 200 stream's body also ends right after its `[DONE]` chunk (module docstring: why); whatever
+    the body iterator still has to do after it (a relayed stream's end, the cache write-back) runs
+    in the background."""
     if response.status_code != 200:
         return
     if not isinstance(response, StreamingResponse):
@@ -84,19 +98,34 @@ def observe_latency(response: Response, model: str, source: str, started: float)
 
 
 _DONE = "data: [DONE]\n\n"
+_finishing: set[asyncio.Task] = set()  # body iterators run to their end after `[DONE]` was sent
 
 
 async def _timed(chunks: AsyncIterator, model: str, source: str, started: float) -> AsyncIterator:
-    """A stream is complete when its `[DONE]` chunk is sent: clients stop reading there (and may hang
-    up before the server sees its body end). One that ends in an error event is not a success."""
-    first, ended = True, False
+    """A stream is complete when its `[DONE]` chunk is sent: the body ends there, and clients stop
+    reading there. One that ends in an error event is not a success."""
+    first = True
     async for chunk in chunks:
         if first:
             first = False
             FIRST_CHUNK_SECONDS.observe(time.perf_counter() - started, tags={"model": model, "source": source})
-        if not ended and isinstance(chunk, str) and chunk.endswith(_DONE):
-            ended = True
+        if isinstance(chunk, str) and chunk.endswith(_DONE):
             if not chunk.startswith('data: {"error"'):
                 REQUEST_SECONDS.observe(time.perf_counter() - started,
                                         tags={"model": model, "source": source, "stream": "yes"})
+            yield chunk
+            task = asyncio.get_running_loop().create_task(_run_out(chunks))
+            _finishing.add(task)
+            task.add_done_callback(_finishing.discard)
+            return
         yield chunk
+
+
+async def _run_out(chunks: AsyncIterator) -> None:
+    """Let a body iterator finish normally after `[DONE]` (its `finally` releases the admission slot
+    and stores the cache entry); nothing it yields now can be sent."""
+    try:
+        async for _ in chunks:
+            pass
+    except Exception:  # noqa: BLE001 - the response is complete; the relay logs its own errors
+        pass
