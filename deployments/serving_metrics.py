@@ -5,23 +5,18 @@ tenant limits (`ray_raygate_request_seconds`, `ray_raygate_first_chunk_seconds`,
 The engine's own view (TTFT, ITL, E2E inside vLLM, its queues and caches) is vLLM's series,
 exported by the replicas as `ray_vllm_*` (ModelConfig.engine_metrics).
 
-A stream's body ends with its `[DONE]` chunk (`observe_latency`): the `openai` SDK closes the
-connection as soon as it reads `[DONE]`, and Serve's HAProxy counts a client that closes before the
-response has ended (HAProxy termination state `C*`) as status 499 in `ray_serve_num_http_requests_total`.
-The ingress used to end the body only after one more round trip to the LLM replica (to learn that its
-stream had ended), and in that gap the SDK hung up: 4 of 40 complete SDK streams counted 499 (4
-concurrent SDK clients, tiny-llama; curl, which reads to the end, never). Against HAProxy with Serve's
-`option abortonclose`, 20 of 20 SDK streams whose server waited 20 ms after `[DONE]` counted as
-client aborts (`CD`), 0 of 20 when the body ended with `[DONE]`."""
+A stream's body ends with its `[DONE]` chunk (`observe_latency`; deployments/sse.py says why:
+complete `openai` SDK streams were counted as 499 by Serve)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import AsyncIterator
 
 from ray.util.metrics import Counter, Gauge, Histogram
 from starlette.responses import Response, StreamingResponse
+
+from deployments.sse import ends_stream, run_out
 
 _LATENCY_BOUNDARIES = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
 REQUEST_SECONDS = Histogram(
@@ -97,35 +92,19 @@ def observe_latency(response: Response, model: str, source: str, started: float)
     response.body_iterator = _timed(response.body_iterator, model, source, started)
 
 
-_DONE = "data: [DONE]\n\n"
-_finishing: set[asyncio.Task] = set()  # body iterators run to their end after `[DONE]` was sent
-
-
 async def _timed(chunks: AsyncIterator, model: str, source: str, started: float) -> AsyncIterator:
     """A stream is complete when its `[DONE]` chunk is sent: the body ends there, and clients stop
     reading there. One that ends in an error event is not a success."""
-    first = True
-    async for chunk in chunks:
+    first, it = True, aiter(chunks)
+    async for chunk in it:
         if first:
             first = False
             FIRST_CHUNK_SECONDS.observe(time.perf_counter() - started, tags={"model": model, "source": source})
-        if isinstance(chunk, str) and chunk.endswith(_DONE):
-            if not chunk.startswith('data: {"error"'):
+        if ends_stream(chunk):
+            if not (isinstance(chunk, str) and chunk.startswith('data: {"error"')):
                 REQUEST_SECONDS.observe(time.perf_counter() - started,
                                         tags={"model": model, "source": source, "stream": "yes"})
             yield chunk
-            task = asyncio.get_running_loop().create_task(_run_out(chunks))
-            _finishing.add(task)
-            task.add_done_callback(_finishing.discard)
+            run_out(it)
             return
         yield chunk
-
-
-async def _run_out(chunks: AsyncIterator) -> None:
-    """Let a body iterator finish normally after `[DONE]` (its `finally` releases the admission slot
-    and stores the cache entry); nothing it yields now can be sent."""
-    try:
-        async for _ in chunks:
-            pass
-    except Exception:  # noqa: BLE001 - the response is complete; the relay logs its own errors
-        pass
