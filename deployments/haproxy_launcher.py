@@ -19,8 +19,10 @@ runs at the inherited priority.
 HAProxy dies with its parent (the Serve proxy actor that started it): the launcher asks the kernel
 for SIGKILL on the parent's death (`prctl(PR_SET_PDEATHSIG)`, kept across the exec) before it execs
 HAProxy. Serve stops HAProxy itself on a clean shutdown, but `ray stop --force` kills the actor
-first, and HAProxy (in its own session, holding ports 8000 and 8404) outlived it: once still running
-109 s later, so the next `serve run` could not bind 8404. Linux only; elsewhere nothing changes.
+first, and HAProxy (holding ports 8000 and 8404) outlived it: once still running 109 s later, so the
+next `serve run` could not bind 8404. The kernel watches the thread that started the process: the
+proxy actor starts HAProxy (and every reload) from its event loop's thread, which lives as long as
+the actor. Linux only; elsewhere nothing changes.
 
 `RAY_SERVE_HAPROXY_BINARY_PATH` points Serve at this launcher. scripts/setup.sh sets it for every
 Python process of the venv (a `.pth` file run at interpreter start-up), so Serve's proxy actor sees
