@@ -243,14 +243,6 @@ class Raygate(Server):
         serve = str(Path(sys.executable).with_name("serve"))
         return [serve, "run", str(self._config)]
 
-    def environment(self) -> dict:
-        env = super().environment()
-        # What `. .venv/bin/activate` exports after scripts/setup.sh (see deployments/haproxy_launcher.py).
-        launcher = Path(sys.executable).with_name("raygate-haproxy")
-        if launcher.exists():
-            env.setdefault("RAY_SERVE_HAPROXY_BINARY_PATH", str(launcher))
-        return env
-
     def is_ready(self) -> bool:
         health = _get_json(self.base_url + "/health")
         return bool(health and health.get("status") == "ok")

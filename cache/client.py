@@ -71,6 +71,11 @@ class IngressCache:
         metrics.LOOKUPS.inc(tags={"result": "bypass"})
         return CacheMiss(bypass=True)
 
+    def skip(self) -> None:
+        """Count a request the cache does not take part in (its plan neither reads nor writes:
+        sampled without opt-in, or `"cache": {"mode": "off"}`) as the lookup result `off`."""
+        metrics.LOOKUPS.inc(tags={"result": "off"})
+
     async def _lookup(self, plan: CachePlan) -> CacheHit | CacheMiss:
         store = await self._get_store()
         raw = await store.get_response(plan.exact_key)

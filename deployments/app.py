@@ -129,7 +129,7 @@ def build_cache_deployments(cfg: CacheConfig) -> tuple[Application, Application 
     if not cfg.redis_url:
         redis = serve.deployment(EmbeddedRedis).options(
             name="CacheRedis", num_replicas=1, ray_actor_options={"num_cpus": 0.1},
-            health_check_period_s=2, health_check_timeout_s=10,
+            health_check_period_s=2, health_check_timeout_s=10, graceful_shutdown_wait_loop_s=0.25,
         ).bind(cfg.embedded)
     options = cfg.deployment.as_options()
     options.setdefault("ray_actor_options", {"num_cpus": 0.25})

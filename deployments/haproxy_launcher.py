@@ -15,12 +15,26 @@ takes HAProxy out of the low CPU priority Ray gives its workers (nice 15, inheri
 controller) to nice `RAYGATE_FRONT_DOOR_NICE` (default 0): the front door must answer while the
 engine saturates the node's CPUs. Raising a priority needs root or CAP_SYS_NICE; without it HAProxy
 runs at the inherited priority.
+
+HAProxy dies with its parent (the Serve proxy actor that started it): the launcher asks the kernel
+for SIGKILL on the parent's death (`prctl(PR_SET_PDEATHSIG)`, kept across the exec) before it execs
+HAProxy. Serve stops HAProxy itself on a clean shutdown, but `ray stop --force` kills the actor
+first, and HAProxy (holding ports 8000 and 8404) outlived it: once still running 109 s later, so the
+next `serve run` could not bind 8404. The kernel watches the thread that started the process: the
+proxy actor starts HAProxy (and every reload) from its event loop's thread, which lives as long as
+the actor. Linux only; elsewhere nothing changes.
+
+`RAY_SERVE_HAPROXY_BINARY_PATH` points Serve at this launcher. scripts/setup.sh sets it for every
+Python process of the venv (a `.pth` file run at interpreter start-up), so Serve's proxy actor sees
+it whether or not the venv was activated; the k8s image sets it in its environment.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import sys
 
 from deployments.front_door import rewrite_argv
@@ -61,7 +75,28 @@ def raise_priority(niceness: int = 0) -> bool:
         return False
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> bool:
+    """Have the kernel send `sig` to this process (and to what it execs) when its parent dies.
+
+    Returns False where that is not possible (not Linux). If the parent died before the request
+    took effect (this process was already re-parented), exits at once: nobody would stop it."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:
+        os._exit(1)
+    return True
+
+
 def main() -> None:
+    die_with_parent()
     argv = haproxy_argv(sys.argv[1:])
     try:
         niceness = int(os.environ.get("RAYGATE_FRONT_DOOR_NICE", "0"))

@@ -75,6 +75,7 @@ class TenantRateLimiter:
     async def _hit(self, kind: str, tenant: Tenant, per_minute: int, cost: int) -> None:
         item = self._item(kind, per_minute)
         if cost > per_minute:
+            serving_metrics.RATE_LIMITED.inc(tags={"tenant": tenant.name, "limit": kind})
             raise APIError(429, f"This request needs an estimated {cost} tokens, more than this API key's "
                                 f"limit of {per_minute} {kind} per minute; lower max_tokens.", retry_after_s=60)
         limiters = self._local

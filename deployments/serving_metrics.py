@@ -3,7 +3,10 @@ tenant limits (`ray_raygate_request_seconds`, `ray_raygate_first_chunk_seconds`,
 `ray_raygate_admission_*`, `ray_raygate_deadline_*`, `ray_raygate_rate_limit*`, `ray_raygate_auth_failures`).
 
 The engine's own view (TTFT, ITL, E2E inside vLLM, its queues and caches) is vLLM's series,
-exported by the replicas as `ray_vllm_*` (ModelConfig.engine_metrics)."""
+exported by the replicas as `ray_vllm_*` (ModelConfig.engine_metrics).
+
+A stream's body ends with its `[DONE]` chunk (`observe_latency`; deployments/sse.py says why:
+complete `openai` SDK streams were counted as 499 by Serve)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from typing import AsyncIterator
 
 from ray.util.metrics import Counter, Gauge, Histogram
 from starlette.responses import Response, StreamingResponse
+
+from deployments.sse import ends_stream, run_out
 
 _LATENCY_BOUNDARIES = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
 REQUEST_SECONDS = Histogram(
@@ -75,7 +80,11 @@ RETRIES = Counter(
 
 
 def observe_latency(response: Response, model: str, source: str, started: float) -> None:
-    """Record a successful response's latency; a stream's when its first chunk and its end are sent."""
+    """Record a successful response's latency; a stream's when its first chunk and its end are sent.
+
+    A 200 stream's body also ends right after its `[DONE]` chunk (module docstring: why); whatever
+    the body iterator still has to do after it (a relayed stream's end, the cache write-back) runs
+    in the background."""
     if response.status_code != 200:
         return
     if not isinstance(response, StreamingResponse):
@@ -84,20 +93,19 @@ def observe_latency(response: Response, model: str, source: str, started: float)
     response.body_iterator = _timed(response.body_iterator, model, source, started)
 
 
-_DONE = "data: [DONE]\n\n"
-
-
 async def _timed(chunks: AsyncIterator, model: str, source: str, started: float) -> AsyncIterator:
-    """A stream is complete when its `[DONE]` chunk is sent: clients stop reading there (and may hang
-    up before the server sees its body end). One that ends in an error event is not a success."""
-    first, ended = True, False
-    async for chunk in chunks:
+    """A stream is complete when its `[DONE]` chunk is sent: the body ends there, and clients stop
+    reading there. One that ends in an error event is not a success."""
+    first, it = True, aiter(chunks)
+    async for chunk in it:
         if first:
             first = False
             FIRST_CHUNK_SECONDS.observe(time.perf_counter() - started, tags={"model": model, "source": source})
-        if not ended and isinstance(chunk, str) and chunk.endswith(_DONE):
-            ended = True
-            if not chunk.startswith('data: {"error"'):
+        if ends_stream(chunk):
+            if not (isinstance(chunk, str) and chunk.startswith('data: {"error"')):
                 REQUEST_SECONDS.observe(time.perf_counter() - started,
                                         tags={"model": model, "source": source, "stream": "yes"})
+            yield chunk
+            run_out(it)
+            return
         yield chunk

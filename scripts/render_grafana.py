@@ -5,9 +5,11 @@
 
 Why generated: a dashboard's JSON is hundreds of lines of layout around a few dozen PromQL
 expressions; the expressions are what matter and what reviews should see. Every series named here
-is one raygate, vLLM or Ray Serve exports through Ray's metrics agent (tests/integration/
-test_metrics.py scrapes a live app and checks each of them). Import the JSON into Grafana with a
-Prometheus data source that scrapes Ray (Ray's docs: "Collecting and monitoring metrics").
+is one raygate, vLLM or Ray Serve exports through Ray's metrics agent, and every label a panel groups
+or filters by is one its series carries (tests/unit/test_grafana_dashboard.py); a real Prometheus
+scraping a live app returns data for every query (tests/integration/test_prometheus_dashboard.py).
+Import the JSON into Grafana with a Prometheus data source that scrapes Ray (Ray's docs: "Collecting
+and monitoring metrics").
 """
 
 from __future__ import annotations
@@ -23,16 +25,18 @@ OUT = REPO / "dashboards" / "raygate.json"
 
 
 def _quantiles(metric: str, by: str, legend: str) -> list[tuple[str, str]]:
-    return [(f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket[$__rate_interval])))",
+    labels = ", ".join(["le", *([by] if by else [])])
+    return [(f"histogram_quantile({q}, sum by ({labels}) (rate({metric}_bucket[$__rate_interval])))",
              f"p{int(q * 100)} {legend}") for q in (0.5, 0.99)]
 
 
 # (row, title, unit, [(expr, legend)], description)
 PANELS: list[tuple[str, str, str, list[tuple[str, str]], str]] = [
     ("Traffic", "Requests/s by route and status", "reqps",
-     [("sum by (route, code) (rate(ray_serve_num_http_requests_total{application=\"raygate\"}[$__rate_interval]))",
-       "{{route}} {{code}}")],
-     "Every HTTP request at Serve's proxy, by route and status code."),
+     [("sum by (route, status_code) (rate(ray_serve_num_http_requests_total{application=\"raygate\"}[$__rate_interval]))",
+       "{{route}} {{status_code}}")],
+     "Every HTTP request at Serve's proxy (HAProxy), by route and status code. 499 is a client that hung up "
+     "before the response ended."),
     ("Traffic", "Latency at the ingress (arrival to last byte)", "s",
      _quantiles("ray_raygate_request_seconds", "model, source", "{{model}} {{source}}"),
      "Successful requests, by what answered: the model or the cache."),
@@ -60,6 +64,15 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], str]] = [
       ("sum by (tenant, limit) (rate(ray_raygate_rate_limited_total[$__rate_interval]))", "429 {{tenant}} {{limit}}"),
       ("sum by (status) (rate(ray_raygate_auth_failures_total[$__rate_interval]))", "auth {{status}}")],
      "503s from admission control, 429s from tenant limits, 401/403s."),
+    ("Queues", "Refusals and errors by status", "reqps",
+     [("sum by (status_code) (rate(ray_serve_num_http_requests_total{status_code=~\"4..|5..\"}[$__rate_interval]))",
+       "{{status_code}}")],
+     "Every 4xx/5xx answer at Serve's proxy, of every application and of HAProxy itself (the front door's 503s, "
+     "413 for a body over ingress.max_body_bytes, 400s, 404s, 429s); 499 counts clients that hung up."),
+    ("Queues", "Deadline drops by stage", "reqps",
+     [("sum by (model, stage) (rate(ray_raygate_deadline_drops_total[$__rate_interval]))", "{{model}} {{stage}}")],
+     "Requests whose x-raygate-timeout-ms / x-raygate-deadline passed before the engine (503 + Retry-After): "
+     "while waiting for a slot at the ingress, or in Serve's queues before the replica."),
     ("Cache", "Cache lookups by result", "reqps",
      [("sum by (result) (rate(ray_raygate_cache_lookups_total[$__rate_interval]))", "{{result}}")],
      "hit_exact, hit_semantic, coalesced, miss, bypass (Redis slow or down), off."),
@@ -67,7 +80,8 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], str]] = [
      [("sum(rate(ray_raygate_cache_lookups_total{result=~\"hit_.*|coalesced\"}[$__rate_interval])) / "
        "sum(rate(ray_raygate_cache_lookups_total{result!=\"off\"}[$__rate_interval]))", "hits")], ""),
     ("Cache", "Semantic lookup latency", "s",
-     _quantiles("ray_raygate_cache_lookup_seconds", "ReplicaId", "{{ReplicaId}}"), ""),
+     _quantiles("ray_raygate_cache_lookup_seconds", "", "all replicas"),
+     "One lookup in a SemanticCache replica: embedding, search, guards, fetch."),
     ("Routing", "Routing decisions", "reqps",
      [("sum by (deployment, decision) (rate(ray_raygate_router_decisions_total[$__rate_interval]))",
        "{{deployment}} {{decision}}")],

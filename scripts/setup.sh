@@ -29,10 +29,26 @@ else
   "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 fi
 
-# Serve's HAProxy must run without kernel splicing, or client disconnects on non-streaming requests
-# go unnoticed (deployments/haproxy_launcher.py). Activating the venv points Ray at our launcher.
-if ! grep -q RAY_SERVE_HAPROXY_BINARY_PATH "$VENV/bin/activate"; then
-  printf '\n# raygate: Serve HAProxy without kernel splicing\nexport RAY_SERVE_HAPROXY_BINARY_PATH="$VIRTUAL_ENV/bin/raygate-haproxy"\n' >> "$VENV/bin/activate"
+# Serve's HAProxy must run without kernel splicing and die with its parent, or client disconnects on
+# non-streaming requests go unnoticed and `ray stop --force` leaves it holding ports 8000 and 8404
+# (deployments/haproxy_launcher.py). Serve finds the launcher through RAY_SERVE_HAPROXY_BINARY_PATH,
+# read by its proxy actor: a .pth file sets it in every Python process of this venv at start-up, so it
+# applies whether or not the venv is activated (`.venv/bin/serve run ...` too). An explicit value wins.
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cat > "$SITE/raygate_haproxy.pth" <<'PTH'
+import os, sys; os.environ.setdefault("RAY_SERVE_HAPROXY_BINARY_PATH", os.path.join(sys.prefix, "bin", "raygate-haproxy")) if os.path.exists(os.path.join(sys.prefix, "bin", "raygate-haproxy")) else None
+PTH
+# Older set-ups exported it from the activate script only; the .pth replaces that.
+sed -i '/# raygate: Serve HAProxy without kernel splicing/d; /RAY_SERVE_HAPROXY_BINARY_PATH=/d' "$VENV/bin/activate"
+
+# The integration tests run a real Prometheus (Debian's package) against Ray's metrics agents
+# (tests/integration/test_prometheus_dashboard.py).
+if ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  else
+    echo "note: install Prometheus (Debian: apt-get install prometheus) to run the dashboard test" >&2
+  fi
 fi
 
 # WordNet for the semantic cache's content checks (cache/lexicon.py): Debian/Ubuntu's wordnet-base,

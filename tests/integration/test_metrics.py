@@ -20,9 +20,11 @@ from tests.integration.shared_app import REPO
 
 pytestmark = pytest.mark.integration
 
-# Counters that move only on refusals this test does not provoke (overload, a tenant over its limit):
-# their names are checked against the code in tests/unit/test_grafana_dashboard.py instead.
-EVENT_ONLY = {"ray_raygate_admission_rejections_total", "ray_raygate_rate_limited_total"}
+# Counters that move only on refusals this test does not provoke (overload, a tenant over its limit, a
+# passed deadline): their names are checked against the code in tests/unit/test_grafana_dashboard.py,
+# and tests/integration/test_prometheus_dashboard.py provokes them.
+EVENT_ONLY = {"ray_raygate_admission_rejections_total", "ray_raygate_rate_limited_total",
+              "ray_raygate_deadline_drops_total"}
 
 
 def scrape() -> dict[str, dict[tuple, float]]:

@@ -3,6 +3,7 @@
 import json
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def test_readme_has_the_three_commands():
 
 
 def test_readme_curl_examples(base_url):
-    cmds = _curl_examples()
+    cmds = [c for c in _curl_examples() if "localhost:8000" in c]
     assert len(cmds) == 3
     port = base_url.rsplit(":", 1)[1]
     chat = subprocess.run(cmds[0].replace("localhost:8000", f"127.0.0.1:{port}"), shell=True,
@@ -54,3 +55,18 @@ def test_readme_curl_examples(base_url):
             break
         time.sleep(0.2)
     assert again.strip() == "x-raygate-cache: hit-exact"
+
+
+def test_readme_ray_dashboard_command_passes_its_token(ray_context):
+    """Ray 2.60's dashboard wants the cluster's token: the README's command sends it; without it, 401."""
+    cmds = [c for c in _curl_examples() if "localhost:8265" in c]
+    assert len(cmds) == 1
+    url = "http://" + ray_context.dashboard_url
+    venv_bin = str(Path(sys.executable).parent) + "/"
+    cmd = cmds[0].replace("http://localhost:8265", url).replace("localhost:8265", url).replace(".venv/bin/", venv_bin)
+    out = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "raygate" in json.loads(out.stdout)["applications"]
+    bare = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url + "/api/serve/applications/"],
+                          capture_output=True, text=True, timeout=60)
+    assert bare.stdout == "401"

@@ -74,3 +74,59 @@ def test_panels_are_wellformed_and_do_not_overlap():
                     depth += {"(": 1, ")": -1}.get(ch, 0)
                     assert depth >= 0
                 assert depth == 0, t["expr"]
+
+
+# Labels Ray's metrics agent adds to every series it exports (seen on a live scrape).
+RAY_LABELS = {"Component", "NodeAddress", "SessionName", "Version", "WorkerId"}
+# vLLM's series through Ray's stat logger (RayPrometheusStatLogger), as scraped from a live replica.
+VLLM_LABELS = {"model_name", "engine", "ReplicaId"}
+# Serve's replica-health gauge (ray/serve/_private/deployment_state.py; `replica` only with
+# RAY_SERVE_CONTROLLER_METRICS_INCLUDE_HIGH_CARDINALITY_TAGS).
+SERVE_HEALTHY_LABELS = {"deployment", "application"}
+
+
+def _labels_of(series: str) -> set[str]:
+    """The labels a series carries, from the code that declares it."""
+    base = re.sub(r"(_bucket|_count|_sum|_total)$", "", series)
+    if base.startswith("ray_raygate_"):
+        for module in (cache_metrics, serving_metrics, router_metrics):
+            for obj in vars(module).values():
+                if getattr(obj, "_name", None) == base[4:]:
+                    return RAY_LABELS | set(obj._tag_keys)
+        raise AssertionError(f"{series}: not declared")
+    if base == "ray_serve_num_http_requests":
+        from ray.serve._private.common import RequestProtocol
+        from ray.serve._private.request_ingress_metrics import RequestIngressMetrics
+
+        counter = RequestIngressMetrics(RequestProtocol.HTTP, source="proxy", node_id="n",
+                                        node_ip_address="127.0.0.1").request_counter
+        assert counter._name == base[4:]
+        return RAY_LABELS | set(counter._tag_keys)
+    if base == "ray_serve_deployment_replica_healthy":
+        return RAY_LABELS | SERVE_HEALTHY_LABELS
+    if base.startswith("ray_vllm_"):
+        return RAY_LABELS | VLLM_LABELS
+    raise AssertionError(f"{series}: no known labels")
+
+
+def _label_uses(expr: str) -> list[tuple[str, str]]:
+    """(series, label) for every `by (...)` grouping and every `{label...}` matcher in an expression."""
+    uses = []
+    for m in re.finditer(r"\bby \(([^)]*)\) \(", expr):
+        series = re.search(r"\b(ray_[a-z0-9_]+)", expr[m.end():]).group(1)
+        uses += [(series, label.strip()) for label in m.group(1).split(",") if label.strip() not in ("", "le")]
+    for m in re.finditer(r"\b(ray_[a-z0-9_]+)\{([^}]*)\}", expr):
+        uses += [(m.group(1), label) for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", m.group(2))]
+    return uses
+
+
+def test_every_panel_groups_and_filters_by_labels_its_series_carry():
+    """Grouping by a label the series lacks (Serve's `code` for `status_code`, `ReplicaId` on the
+    cache's latency) silently merges every series into one; the live check is
+    tests/integration/test_prometheus_dashboard.py."""
+    uses = [(title, use) for _, title, _, targets, _ in _script().PANELS for expr, _ in targets
+            for use in _label_uses(expr)]
+    assert len(uses) >= 20
+    wrong = [f"{title}: {series} has no label {label!r}" for title, (series, label) in uses
+             if label not in _labels_of(series)]
+    assert not wrong, wrong

@@ -63,3 +63,31 @@ def test_plain_answers_are_timed_at_once_and_errors_not_at_all(monkeypatch):
     serving_metrics.observe_latency(JSONResponse({"error": 1}, status_code=400), "m", "model", started=0.0)
     assert [c[1] for c in done.calls] == [{"model": "m", "source": "cache", "stream": "no"}]
     assert done.calls[0][0] > 0
+
+
+def test_a_stream_body_ends_with_its_done_chunk_and_the_relay_still_finishes(monkeypatch):
+    """The SDK hangs up at [DONE]: nothing may keep the body open after it (else HAProxy counts 499),
+    but the relay's own end (slot release, cache write-back) must still run."""
+    _patch(monkeypatch)
+    finished = []
+
+    async def relay():
+        try:
+            yield "data: {\"a\": 1}\n\n"
+            yield "data: {\"b\": 2}\n\ndata: [DONE]\n\n"
+            await asyncio.sleep(0.05)  # the replica's end of stream, one round trip later
+        finally:
+            finished.append(True)
+
+    async def go():
+        r = StreamingResponse(relay())
+        serving_metrics.observe_latency(r, "m", "model", started=0.0)
+        t0 = asyncio.get_running_loop().time()
+        sent = [c async for c in r.body_iterator]
+        elapsed = asyncio.get_running_loop().time() - t0
+        assert sent[-1].endswith("data: [DONE]\n\n") and len(sent) == 2
+        assert elapsed < 0.04, "the body waited for the relay's end"
+        assert not finished
+        await asyncio.sleep(0.1)
+        assert finished == [True]
+    asyncio.run(go())
