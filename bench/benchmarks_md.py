@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.report import machine_line
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "benchmarks.md"
@@ -27,8 +29,8 @@ COLUMNS = [("req/s", "request_throughput", "{:.2f}"), ("out tok/s", "output_thro
 
 def _cell(s: dict, key: str, fmt: str) -> str:
     v = s.get(key)
-    if v is None:
-        return "-"
+    if v is None:  # not measured (bench/loadgen.py): never shown as 0
+        return "—"
     if key == "peak_memory_mib":
         v = v / 1024
     return fmt.format(v)
@@ -47,8 +49,7 @@ def table(rows: dict[str, dict], first: str = "contender") -> list[str]:
 
 def _header(data: dict) -> list[str]:
     m = data.get("machine", {})
-    return [f"`{data['command']}` — {data['time']}; {m.get('cpus')} CPUs, {m.get('memory_gib')} GiB, no GPU "
-            f"({m.get('platform')}); model {data['model']['name']}.", ""]
+    return [f"`{data['command']}` — {data['time']}; {machine_line(m)}; model {data['model']['name']}.", ""]
 
 
 def section_comparison(data: dict) -> list[str]:
@@ -61,7 +62,7 @@ def section_comparison(data: dict) -> list[str]:
         lines += [f"### Workload `{w}`: {data['workloads'][w]}", ""] + table(rows) + [""]
         rounds = data.get("rounds", {}).get(w, {})
         if any(len(rs) > 1 for rs in rounds.values()):
-            per = "; ".join(f"{n} " + " / ".join(f"{r['output_throughput']:.0f}" for r in rs if "error" not in r)
+            per = "; ".join(f"{n} " + " / ".join(_cell(r, "output_throughput", "{:.0f}") for r in rs if "error" not in r)
                             for n, rs in rounds.items())
             lines += [f"Output tok/s in each round: {per}.", ""]
     if data.get("acceptance"):

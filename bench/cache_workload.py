@@ -7,8 +7,8 @@ negatives, each sent once), 30% exact repeats of a prompt already sent, 20% para
 already sent; chat, temperature 0, 64 output tokens (ignore_eos). The same sequence is sent, with the
 official `openai` client at a fixed concurrency, to raygate with `cache.enabled: true` and then to
 raygate with `cache.enabled: false`, each started with `serve run` on serve_config.yaml. It prints
-request throughput, latency p50/p99 and the cache's answer per request (from the
-`x-raygate-cache` header), their ratio, and writes JSON (`--out`). `--rounds` pairs of runs alternate
+request throughput and latency p50/p99 of the answered requests, the failed ones apart, the cache's
+answer per request (from the `x-raygate-cache` header), their ratio, and writes JSON (`--out`). `--rounds` pairs of runs alternate
 which side goes first (the shared host's speed drifts by tens of percent between minutes: one
 cache-off run measured 25.2 req/s, the next, same code, 37.3); the ratio is the median of the pairs'.
 The client runs SCHED_FIFO while it drives a server (`--client-priority`, bench/client_priority.py):
@@ -30,6 +30,7 @@ import numpy as np
 import psutil
 
 from bench import client_priority, cpu_account
+from bench.loadgen import fmt
 from bench.report import write_json
 from bench.servers import REPO, Raygate, free_port
 
@@ -69,10 +70,8 @@ async def drive(base_url: str, model: str, workload: list[tuple[str, str]], conc
     queue = list(enumerate(workload))
     latencies: list[float] = [0.0] * len(workload)
     answers: list[str] = [""] * len(workload)
-    errors = 0
 
     async def worker():
-        nonlocal errors
         while queue:
             i, (_, prompt) = queue.pop(0)
             t0 = time.perf_counter()
@@ -83,7 +82,6 @@ async def drive(base_url: str, model: str, workload: list[tuple[str, str]], conc
                 raw.parse()
                 answers[i] = raw.headers.get("x-raygate-cache", "none")
             except Exception:
-                errors += 1
                 answers[i] = "error"
             latencies[i] = time.perf_counter() - t0
 
@@ -91,17 +89,31 @@ async def drive(base_url: str, model: str, workload: list[tuple[str, str]], conc
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t0
     await client.close()
-    lat = np.asarray(latencies) * 1000
+    return summarize(workload, answers, latencies, elapsed)
+
+
+def summarize(workload: list[tuple[str, str]], answers: list[str], latencies_s: list[float], elapsed_s: float) -> dict:
+    """Throughput and latency of the requests that were answered; failed requests (answer "error")
+    are counted apart (`errors`, and in `cache_answers`), never in req/s or the percentiles. A
+    percentile with no answered request is None."""
+    ok = [a != "error" for a in answers]
+    lat = np.asarray([s for s, good in zip(latencies_s, ok) if good]) * 1000
     by_kind: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for (kind, _), answer in zip(workload, answers):
         by_kind[kind][answer] += 1
     by_answer: dict[str, list[float]] = collections.defaultdict(list)
-    for answer, ms in zip(answers, lat):
-        by_answer[answer].append(ms)
-    return {"requests": len(workload), "errors": errors, "duration_s": elapsed,
+    for answer, s, good in zip(answers, latencies_s, ok):
+        if good:
+            by_answer[answer].append(s * 1000)
+
+    def pct(p):
+        return float(np.percentile(lat, p)) if lat.size else None
+
+    return {"requests": len(workload), "completed": int(sum(ok)), "errors": len(ok) - int(sum(ok)),
+            "duration_s": elapsed_s,
             "p50_e2el_ms_by_answer": {k: float(np.percentile(v, 50)) for k, v in by_answer.items()},
-            "request_throughput": len(workload) / elapsed,
-            "p50_e2el_ms": float(np.percentile(lat, 50)), "p99_e2el_ms": float(np.percentile(lat, 99)),
+            "request_throughput": sum(ok) / elapsed_s if elapsed_s else None,
+            "p50_e2el_ms": pct(50), "p99_e2el_ms": pct(99),
             "cache_answers": {k: dict(v) for k, v in by_kind.items()}}
 
 
@@ -132,8 +144,9 @@ def run_once(args, workload: list[tuple[str, str]], label: str, enabled: bool) -
                                    sorted(cpu.items(), key=lambda kv: -kv[1]) if v > 0}
     finally:
         srv.stop()
-    print(f"  {r['request_throughput']:.2f} req/s, p50 {r['p50_e2el_ms']:.0f} ms, p99 {r['p99_e2el_ms']:.0f} ms, "
-          f"errors {r['errors']}, answers {r['cache_answers']}", flush=True)
+    print(f"  {fmt(r['request_throughput'], '{:.2f}')} req/s, p50 {fmt(r['p50_e2el_ms'])} ms, "
+          f"p99 {fmt(r['p99_e2el_ms'])} ms (answered requests); failed {r['errors']} of {r['requests']}, "
+          f"answers {r['cache_answers']}", flush=True)
     print("  latency p50 by answer (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in r["p50_e2el_ms_by_answer"].items()))
     print("  CPU ms/request: " + ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_request"].items()), flush=True)
     return r
@@ -164,21 +177,26 @@ def main(argv: Optional[list[str]] = None) -> dict:
         # The host's speed drifts by tens of percent between minutes: alternate which side runs first.
         order = (("cache_on", True), ("cache_off", False)) if n % 2 == 0 else (("cache_off", False), ("cache_on", True))
         runs = {label: run_once(args, workload, label, enabled) for label, enabled in order}
-        runs["throughput_ratio"] = runs["cache_on"]["request_throughput"] / runs["cache_off"]["request_throughput"]
+        on, off = runs["cache_on"]["request_throughput"], runs["cache_off"]["request_throughput"]
+        runs["throughput_ratio"] = on / off if on and off else None
         runs["order"] = [label for label, _ in order]
         results["rounds"].append(runs)
     for label in ("cache_on", "cache_off"):  # the run of median throughput stands for each side
-        ranked = sorted((r[label] for r in results["rounds"]), key=lambda r: r["request_throughput"])
+        ranked = sorted((r[label] for r in results["rounds"]), key=lambda r: r["request_throughput"] or 0.0)
         results[label] = ranked[(len(ranked) - 1) // 2]
-        results[label + "_req_per_s"] = [round(r[label]["request_throughput"], 2) for r in results["rounds"]]
-    ratios = sorted(r["throughput_ratio"] for r in results["rounds"])
-    results["round_ratios"] = [round(r["throughput_ratio"], 3) for r in results["rounds"]]
-    results["throughput_ratio"] = float(np.median(ratios))
-    print(f"\n{'round':<8}{'order':<20}{'on req/s':>10}{'off req/s':>11}{'ratio':>8}")
+        results[label + "_req_per_s"] = [r[label]["request_throughput"] for r in results["rounds"]]
+        results[label + "_failed"] = [r[label]["errors"] for r in results["rounds"]]
+    ratios = sorted(r["throughput_ratio"] for r in results["rounds"] if r["throughput_ratio"] is not None)
+    results["round_ratios"] = [r["throughput_ratio"] for r in results["rounds"]]
+    results["throughput_ratio"] = float(np.median(ratios)) if ratios else None
+    print(f"\n{'round':<8}{'order':<20}{'on req/s':>10}{'off req/s':>11}{'ratio':>8}{'failed on/off':>15}")
     for n, r in enumerate(results["rounds"]):
-        print(f"{n:<8}{'-'.join(x.split('_')[1] for x in r['order']):<20}{r['cache_on']['request_throughput']:>10.2f}"
-              f"{r['cache_off']['request_throughput']:>11.2f}{r['throughput_ratio']:>7.2f}x")
-    print(f"throughput with the cache / without, median of {len(ratios)} rounds: {results['throughput_ratio']:.2f}x")
+        print(f"{n:<8}{'-'.join(x.split('_')[1] for x in r['order']):<20}"
+              f"{fmt(r['cache_on']['request_throughput'], '{:.2f}'):>10}"
+              f"{fmt(r['cache_off']['request_throughput'], '{:.2f}'):>11}{fmt(r['throughput_ratio'], '{:.2f}x'):>8}"
+              f"{r['cache_on']['errors']:>8}/{r['cache_off']['errors']}")
+    print(f"throughput with the cache / without (answered requests), median of {len(ratios)} rounds: "
+          f"{fmt(results['throughput_ratio'], '{:.2f}x')}")
     write_json(args.out, results)
     return results
 

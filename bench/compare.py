@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench import cpu_account, vllm_bench
+from bench.report import machine
 from bench.servers import REPO, Raygate, Server, VLLMServe, model_spec_from_config
 
 FIELDS = [
@@ -162,7 +162,7 @@ def main(argv=None) -> None:
     out.write_text(json.dumps({
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "workload": {"input_len": args.input_len, "output_len": args.output_len, "concurrency": args.concurrency,
                      "num_prompts": args.num_prompts, "dataset": "random", "ignore_eos": True},
         "model": {"name": spec.name, "path": spec.path, "engine_args": spec.engine_args},

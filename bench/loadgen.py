@@ -10,6 +10,11 @@ the percentiles are computed the same way (numpy, linear interpolation).
 A workload is a list of conversations; each runs its turns in order (a turn waits for the
 previous answer), and conversations run side by side: at most `concurrency` at a time (closed
 loop), or started at Poisson arrival times (`request_rate` per second; open loop).
+
+A figure that was not measured is None (JSON null, printed "—"), never 0: a run whose answers each
+came whole (not streamed, or streamed as one chunk) has no TPOT or ITL (its TTFT is its E2E), a run
+without a completed request has no latency at all, and a server that gives no `x-raygate-cache`
+header has no cache hit rate.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ class Conversation:
 class Result:
     ok: bool
     status: int | str
-    ttft_s: float = 0.0
+    ttft_s: float = 0.0  # not streamed: the first byte is the whole answer (= E2E)
     e2e_s: float = 0.0
     itls_s: list[float] = field(default_factory=list)
     output_tokens: int = 0
@@ -159,24 +164,30 @@ async def run(base_url: str, model: str, conversations: list[Conversation], *, c
 
 
 def _stats(prefix: str, values_s: list[float], out: dict) -> None:
-    ms = np.array(values_s) * 1000.0 if values_s else np.array([0.0])
-    out[f"mean_{prefix}_ms"] = float(np.mean(ms))
-    out[f"median_{prefix}_ms"] = float(np.median(ms))
+    """mean, median and PERCENTILES of `values_s` in ms; None for each when there are no values."""
+    ms = np.array(values_s) * 1000.0 if values_s else None
+    out[f"mean_{prefix}_ms"] = float(np.mean(ms)) if ms is not None else None
+    out[f"median_{prefix}_ms"] = float(np.median(ms)) if ms is not None else None
     for p in PERCENTILES:
-        out[f"p{p}_{prefix}_ms"] = float(np.percentile(ms, p))
+        out[f"p{p}_{prefix}_ms"] = float(np.percentile(ms, p)) if ms is not None else None
 
 
 def summarize(results: list[Result], duration: float) -> dict:
-    """`vllm bench serve`'s fields where they exist, plus errors by status and the cache hit rate."""
+    """`vllm bench serve`'s fields where they exist, plus errors by status and the cache hit rate.
+    Latencies are over completed requests only (failures are counted in `failed` and `errors`);
+    a statistic with nothing to measure is None."""
     ok = [r for r in results if r.ok]
     out: dict = {"completed": len(ok), "failed": len(results) - len(ok), "duration": duration,
                  "total_input_tokens": sum(r.prompt_tokens for r in ok),
                  "total_output_tokens": sum(r.output_tokens for r in ok)}
-    out["request_throughput"] = len(ok) / duration if duration else 0.0
-    out["output_throughput"] = out["total_output_tokens"] / duration if duration else 0.0
+    out["request_throughput"] = len(ok) / duration if duration else None
+    out["output_throughput"] = out["total_output_tokens"] / duration if duration else None
+    # Token timings exist only for answers that came in more than one chunk: a non-streamed answer,
+    # or a "stream" of one chunk (the naive server's), has none, and (e2e - ttft) would be a made-up 0.
+    chunked = [r for r in ok if r.itls_s]
     _stats("ttft", [r.ttft_s for r in ok], out)
-    _stats("tpot", [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1], out)
-    _stats("itl", [x for r in ok for x in r.itls_s], out)
+    _stats("tpot", [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) for r in chunked if r.output_tokens > 1], out)
+    _stats("itl", [x for r in chunked for x in r.itls_s], out)
     _stats("e2el", [r.e2e_s for r in ok], out)
     errors: dict[str, int] = {}
     for r in results:
@@ -185,5 +196,10 @@ def summarize(results: list[Result], duration: float) -> dict:
     out["errors"] = errors
     verdicts = [r.cache for r in ok if r.cache]
     hits = sum(1 for v in verdicts if v.startswith("hit") or v == "coalesced")
-    out["cache_hit_rate"] = hits / len(ok) if ok and verdicts else 0.0
+    out["cache_hit_rate"] = hits / len(verdicts) if verdicts else None
     return out
+
+
+def fmt(value, spec: str = "{:.0f}") -> str:
+    """A figure for a table: "—" when it was not measured (None)."""
+    return "—" if value is None else spec.format(value)

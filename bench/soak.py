@@ -1,7 +1,7 @@
 """Soak: minutes of mixed traffic, sampling every process's memory and open file descriptors.
 
     python -m bench.soak                     # 10 minutes; table, JSON and PNG in bench/results/
-    python -m bench.soak --minutes 2         # a quick look
+    python -m bench.soak --minutes 2         # a quick look (growth after a 24 s warm-up: a fifth of the run)
 
 One `serve run serve_config.yaml` with auth on (two tenants) and the cache on. `--concurrency` workers
 send, in a fixed random mix: fresh chats (cache misses), repeats (hits), streams read to the end,
@@ -168,16 +168,47 @@ def plot(samples: list[dict], warmup_s: float, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def growth_after_warmup(samples: list[dict], warmup_s: float) -> dict[str, dict]:
+    """Per role, RSS and fds at the first sample after the warm-up against the last sample, and
+    whether the growth is within the bounds. Raises ValueError when no sample falls between the
+    warm-up's end and the last one (a comparison of the end with itself, or with the start)."""
+    warm = next((s for s in samples if s["t"] >= warmup_s), None)
+    end = samples[-1] if samples else None
+    if warm is None or warm is end:
+        raise ValueError(f"no sample after the {warmup_s:g} s warm-up and before the end: "
+                         f"{[s['t'] for s in samples]}")
+    growth = {}
+    for role in sorted(set(warm["roles"]) | set(end["roles"])):
+        a, b = warm["roles"].get(role, {}), end["roles"].get(role, {})
+        d_rss = b.get("rss_mib", 0) - a.get("rss_mib", 0)
+        d_fds = b.get("fds", 0) - a.get("fds", 0)
+        rss_bound = max(RSS_BOUND_MIB, a.get("rss_mib", 0) * RSS_BOUND_PCT / 100)
+        growth[role] = {"rss_warm_mib": a.get("rss_mib", 0), "rss_end_mib": b.get("rss_mib", 0),
+                        "rss_growth_mib": round(d_rss, 1), "rss_bound_mib": round(rss_bound, 1),
+                        "fds_warm": a.get("fds", 0), "fds_end": b.get("fds", 0), "fds_growth": d_fds,
+                        "within_bound": d_rss <= rss_bound and d_fds <= FD_BOUND,
+                        "from_s": warm["t"], "to_s": end["t"]}
+    return growth
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=REPO / "serve_config.yaml")
     p.add_argument("--minutes", type=float, default=10)
-    p.add_argument("--warmup-minutes", type=float, default=2)
+    p.add_argument("--warmup-minutes", type=float, default=None,
+                   help="growth is measured from the end of the warm-up; default: 2, or a fifth of a shorter run")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--sample-s", type=float, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.json")
     args = p.parse_args(argv)
+    if args.warmup_minutes is None:
+        args.warmup_minutes = min(2.0, args.minutes / 5)
+    if not 0 <= args.warmup_minutes < args.minutes:
+        p.error(f"--warmup-minutes ({args.warmup_minutes:g}) must be shorter than --minutes ({args.minutes:g}): "
+                "the growth after warm-up would compare the end with itself")
+    if (args.minutes - args.warmup_minutes) * 60 < 2 * args.sample_s:
+        p.error("the run after warm-up must span at least two samples (--sample-s)")
     import yaml
 
     from deployments.auth import hash_key
@@ -214,18 +245,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         stop.set()
         thread.join(timeout=30)
         srv.stop()
-    warm = next((s for s in samples if s["t"] >= args.warmup_minutes * 60), samples[0])
-    end = samples[-1]
-    growth = {}
-    for role in sorted(set(warm["roles"]) | set(end["roles"])):
-        a, b = warm["roles"].get(role, {}), end["roles"].get(role, {})
-        d_rss = b.get("rss_mib", 0) - a.get("rss_mib", 0)
-        d_fds = b.get("fds", 0) - a.get("fds", 0)
-        rss_bound = max(RSS_BOUND_MIB, a.get("rss_mib", 0) * RSS_BOUND_PCT / 100)
-        growth[role] = {"rss_warm_mib": a.get("rss_mib", 0), "rss_end_mib": b.get("rss_mib", 0),
-                        "rss_growth_mib": round(d_rss, 1), "rss_bound_mib": round(rss_bound, 1),
-                        "fds_warm": a.get("fds", 0), "fds_end": b.get("fds", 0), "fds_growth": d_fds,
-                        "within_bound": d_rss <= rss_bound and d_fds <= FD_BOUND}
+    growth = growth_after_warmup(samples, args.warmup_minutes * 60)
     results = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "bounds": {"rss_mib": RSS_BOUND_MIB, "rss_pct": RSS_BOUND_PCT, "fds": FD_BOUND},

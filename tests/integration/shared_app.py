@@ -4,9 +4,13 @@
 semantic-cache replicas, starts a local Ray cluster, Serve with HAProxy, the ingress, the cache
 (embedded Valkey, SemanticCache) and two LLM deployments on the demo model with real vLLM on CPU:
 the repo's model with one replica, and a second one with two replicas for the routing, admission and
-fault tests (`routed_model_config`). The same `serve run` starts a second application at /secure,
-configured as production is (`secure_app_config`): auth on, tenants with limits, two ingress
-replicas, its cache in the first app's Valkey under its own namespace.
+fault tests (`routed_model_config`). The first app logs payloads (`ingress.log_payloads`, for its
+test). The same `serve run` starts a second application at /secure, configured as production is
+(`secure_app_config`): auth on, tenants with limits, two ingress replicas, its cache in the first
+app's Valkey under its own namespace; plus settings whose promises need an app of their own and
+that its other tests do not notice: an admin key from `RAYGATE_ADMIN_KEYS`, a model rate limit
+(`rate_limit_rps`), streaming chunks capped at a few tokens, and an exact-only cache
+(`cache.semantic: false`).
 
 A module of its own (not conftest.py) so that tests, conftest.py and scripts/dev_server.py share
 one copy of its state.
@@ -79,9 +83,17 @@ def autoscaled_model_config(first: dict) -> dict:
 SECURE_PREFIX = "/secure"
 TENANT_KEYS = {"team-a": "sk-test-team-a", "team-b": "sk-test-team-b", "team-c": "sk-test-team-c",
                "partner-1": "sk-test-partner-1",
-               "partner-2": "sk-test-partner-2", "limited": "sk-test-limited", "fuzz": "sk-test-fuzz"}
+               "partner-2": "sk-test-partner-2", "limited": "sk-test-limited", "fuzz": "sk-test-fuzz",
+               "frugal": "sk-test-frugal"}
 ADMIN_KEY = "sk-test-admin"
+ENV_ADMIN_KEY = "sk-test-env-admin"  # a plain admin key from RAYGATE_ADMIN_KEYS (never in the config)
 LIMITED_RPM = 40
+FRUGAL_TPM = 100  # `frugal`'s tokens per minute: a few generations, any number of cache hits
+# The secure model: a token bucket per ingress replica high enough for the other tests' pace (the
+# fuzzer sends one request at a time), and SSE chunks of at most 3 tokens at most every second, so
+# that the cap, not the interval, cuts every chunk.
+SECURE_RATE_LIMIT_RPS = 20
+SECURE_STREAMING = {"interval_ms": 1000, "max_tokens_per_chunk": 3}
 
 
 def secure_app_config(main_app: dict, first_model: dict, redis_port: int) -> dict:
@@ -93,10 +105,15 @@ def secure_app_config(main_app: dict, first_model: dict, redis_port: int) -> dic
     model["num_cpus"] = 0.1
     model["deployment"].pop("autoscaling_config", None)  # one fixed replica: less background work
     model["deployment"]["num_replicas"] = 1
+    model["admission"] = dict(model["admission"], rate_limit_rps=SECURE_RATE_LIMIT_RPS,
+                              rate_limit_burst=SECURE_RATE_LIMIT_RPS)
+    model["streaming"] = dict(SECURE_STREAMING)
+    app["runtime_env"] = copy.deepcopy(app.get("runtime_env") or {})
+    app["runtime_env"].setdefault("env_vars", {})["RAYGATE_ADMIN_KEYS"] = ENV_ADMIN_KEY
     args = app["args"]
     args["models"] = [model]
     args["ingress"]["deployment"] = {"num_replicas": 2, "max_ongoing_requests": 1024}
-    args["cache"].update(redis_url=f"redis://127.0.0.1:{redis_port}/0", namespace="secure",
+    args["cache"].update(redis_url=f"redis://127.0.0.1:{redis_port}/0", namespace="secure", semantic=False,
                          deployment={"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}})
     args["auth"] = {
         "enabled": True,
@@ -104,6 +121,7 @@ def secure_app_config(main_app: dict, first_model: dict, redis_port: int) -> dic
         "admin_keys": [hash_key(ADMIN_KEY)],
         "tenants": {"partner-1": {"cache_scope": "partners"}, "partner-2": {"cache_scope": "partners"},
                     "limited": {"requests_per_minute": LIMITED_RPM},
+                    "frugal": {"tokens_per_minute": FRUGAL_TPM},
                     "team-b": {"max_tokens": 8, "max_n": 2, "max_messages": 4, "tokens_per_minute": 400}},
         "default_tenant": {"max_tokens": 16, "max_n": 2, "max_messages": 64},
     }
@@ -133,7 +151,7 @@ def build_test_app(port: int, log_dir: Path) -> Raygate:
     redis_port = free_port()
     # Ray reservations only: the apps' replicas must fit the 2 logical CPUs of a 2-core host.
     first = dict(models[0], num_cpus=0.5)
-    overrides = {"cache.embedded.port": redis_port, "cache.deployment.num_replicas": 2,
+    overrides = {"cache.embedded.port": redis_port, "cache.deployment.num_replicas": 2, "ingress.log_payloads": True,
                  "cache.deployment.autoscaling_config": None,
                  "models": [first, routed_model_config(models[0]), autoscaled_model_config(models[0])]}
     return Raygate(REPO / "serve_config.yaml", port, log_dir, overrides=overrides,

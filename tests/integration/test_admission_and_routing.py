@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from pathlib import Path
@@ -154,13 +155,33 @@ def test_a_configured_system_prompt_is_prefilled_on_every_replica(base_url, rout
     assert after[replica]["prefix_cache_hits"] - before[replica]["prefix_cache_hits"] == 0
 
 
+def _two_prefixes_on_two_replicas(base_url, model) -> tuple[str, str, str, str]:
+    """Two fresh system prompts, each routed to (and held by) a different replica:
+    (system_p, replica_p, system_q, replica_q)."""
+    held: dict[str, str] = {}
+    for _ in range(6):
+        system = _long_system("session routing")
+        replica = _chat(base_url, model, "warm", system).headers["x-raygate-replica"]
+        held.setdefault(replica, system)
+        if len(held) == 2:
+            (replica_p, system_p), (replica_q, system_q) = held.items()
+            return system_p, replica_p, system_q, replica_q
+    pytest.fail(f"six new system prompts all went to one replica: {held}")
+
+
 def test_a_session_stays_on_its_replica(base_url, routed_model):
+    """Session affinity outranks prefix affinity: a session that began on replica Q stays there even
+    for prompts whose prefix only replica P holds, which every request without the session goes to."""
     _wait_idle(base_url, routed_model)
-    for _ in range(2):
-        session = f"session-{uuid.uuid4().hex}"
-        served = {_chat(base_url, routed_model, f"short {i} {uuid.uuid4().hex[:6]}",
-                        headers={"x-session-id": session}).headers["x-raygate-replica"] for i in range(6)}
-        assert len(served) == 1
+    system_p, replica_p, system_q, replica_q = _two_prefixes_on_two_replicas(base_url, routed_model)
+    # Without a session, P's prefix goes to P (the control: what a lost session id would look like).
+    assert _chat(base_url, routed_model, "no session", system_p).headers["x-raygate-replica"] == replica_p
+    session = {"x-session-id": f"session-{uuid.uuid4().hex}"}
+    first = _chat(base_url, routed_model, "my first question", system_q, headers=session)
+    assert first.headers["x-raygate-replica"] == replica_q
+    served = [_chat(base_url, routed_model, f"follow-up {i}", system_p, headers=session).headers["x-raygate-replica"]
+              for i in range(4)]
+    assert served == [replica_q] * 4, (served, replica_p, replica_q)
 
 
 def test_an_overloaded_prefix_holder_sheds_to_the_other_replica(base_url, routed_model):
@@ -281,9 +302,10 @@ def test_waiting_requests_are_dequeued_by_priority(base_url, routed_model):
     assert _with_full_gate(base_url, routed_model, free_one_slot) == ["high", "normal", "low"]
 
 
-def test_a_full_queue_refuses_lower_priorities_within_milliseconds(base_url, routed_model):
-    """max_queued 4 with shares low 0.5, normal 0.75: two lows may wait, a third is refused at once,
-    and a high-priority request still gets in line."""
+def test_a_full_queue_refuses_lower_priorities_on_arrival(base_url, routed_model):
+    """max_queued 4 with shares low 0.5, normal 0.75: two lows may wait, a third is refused on arrival
+    (while the held generations still hold both slots: it did not wait for one), and a high-priority
+    request still gets in line."""
     _wait_idle(base_url, routed_model)
 
     def fill_the_queue(streams):
@@ -312,8 +334,11 @@ def test_a_full_queue_refuses_lower_priorities_within_milliseconds(base_url, rou
 
     refused, elapsed, results = _with_full_gate(base_url, routed_model, fill_the_queue)
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
-    # Decided on arrival (microseconds: tests/unit/test_admission.py); the bound is the HTTP round
-    # trip through an ingress that shares 2 cores with 4 busy engine processes.
+    assert "x-raygate-refused-by" not in refused.headers  # the ingress's gate, not the front door
+    # Decided on arrival (microseconds: tests/unit/test_admission.py), not after a wait: the waiters
+    # beside it wait up to max_queue_wait_s (60 s) and the held generations run for tens of seconds,
+    # and neither had ended when it came back (checked in fill_the_queue). The bound is the HTTP
+    # round trip through an ingress that shares 2 cores with 4 busy engine processes.
     assert elapsed < 3.0
     assert [r.status_code for r in results] == [200, 200, 200]
 
@@ -334,6 +359,63 @@ def test_the_front_door_is_in_force_at_the_apps_haproxy(base_url, app_config):
     assert f"ge {env['RAYGATE_FRONT_DOOR_MAX_QUEUED']} }}" in text  # high priority's queue limit
     # And the app still answers through it.
     assert httpx.get(base_url + "/v1/models", timeout=30).status_code == 200
+
+
+def test_the_front_door_refuses_in_front_of_the_real_ingress(base_url, model_name):
+    """The app's HAProxy forwards at most RAYGATE_FRONT_DOOR_MAXCONN (96) requests at once to the one
+    ingress replica and queues the rest; a low-priority generation that finds a quarter of
+    RAYGATE_FRONT_DOOR_MAX_QUEUED (16) queued is refused by HAProxy itself, with no ingress involved.
+
+    What holds the 96 + 16: requests whose body arrives slowly (headers and one byte, then a pause):
+    HAProxy forwards a request once its headers are in, and the ingress holds it while it reads the
+    body. Their bodies are then completed as an empty `messages` list, which the ingress refuses with
+    400 before any model work, so holding them costs nothing."""
+    from urllib.parse import urlsplit
+
+    env = yaml.safe_load((REPO / "serve_config.yaml").read_text())["controller_options"]["runtime_env"]["env_vars"]
+    maxconn, low_limit = int(env["RAYGATE_FRONT_DOOR_MAXCONN"]), int(env["RAYGATE_FRONT_DOOR_MAX_QUEUED"]) // 4
+    url = urlsplit(base_url)
+    held_body = json.dumps({"model": model_name, "messages": []}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: {url.netloc}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(held_body)}\r\nx-raygate-priority: low\r\n\r\n").encode()
+
+    async def hold():
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        writer.write(head + held_body[:1])
+        await writer.drain()
+        return reader, writer
+
+    async def release(reader, writer) -> int:
+        writer.write(held_body[1:])
+        await writer.drain()
+        status = int((await asyncio.wait_for(reader.readline(), 60)).split()[1])
+        writer.close()
+        return status
+
+    async def main():
+        held = [await hold() for _ in range(maxconn + low_limit)]
+        try:
+            await asyncio.sleep(2)  # every one forwarded to the ingress or queued in HAProxy
+            async with httpx.AsyncClient(timeout=30) as client:
+                body = {"model": model_name, "messages": [{"role": "user", "content": "refused?"}], "max_tokens": 2}
+                t0 = time.monotonic()
+                refused = await client.post(base_url + "/v1/chat/completions", json=body,
+                                            headers={"x-raygate-priority": "low"})
+                elapsed = time.monotonic() - t0
+        finally:
+            statuses = await asyncio.gather(*(release(r, w) for r, w in held), return_exceptions=True)
+        return refused, elapsed, statuses
+
+    refused, elapsed, statuses = asyncio.run(main())
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["x-raygate-refused-by"] == "front-door"
+    assert int(refused.headers["retry-after"]) >= 1 and refused.json()["error"]["code"] == 503
+    assert "x-raygate-ingress" not in refused.headers  # no ingress replica saw it
+    print(f"front door refusal in {elapsed * 1000:.1f} ms")
+    assert elapsed < 0.5
+    # The held requests were all forwarded (or queued, then forwarded), none refused or answered
+    # early: the ingress answered each once its body was complete.
+    assert statuses == [400] * len(statuses), statuses
 
 
 @pytest.mark.parametrize("headers, field", [

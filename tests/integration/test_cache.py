@@ -108,7 +108,7 @@ def test_a_streamed_generation_is_stored_when_complete(base_url, model_name, wai
     assert again.json()["usage"]["completion_tokens"] >= 1
 
 
-def test_a_paraphrase_hits_and_a_look_alike_misses(base_url, model_name, llm_handle, wait_stored):
+def test_a_paraphrase_hits_and_a_look_alike_misses(base_url, model_name, llm_handle, wait_stored, app_config):
     system = f"tutor {uuid.uuid4().hex}"  # a scope of this test's own
     assert _post(base_url, _chat(model_name, REVERSE, system)).headers["x-raygate-cache"] == "miss"
     wait_stored(_chat(model_name, REVERSE, system))
@@ -116,7 +116,8 @@ def test_a_paraphrase_hits_and_a_look_alike_misses(base_url, model_name, llm_han
     before = _started(llm_handle)
     para = _post(base_url, _chat(model_name, "What's the way to reverse a Python list?", system))
     assert para.headers["x-raygate-cache"] == "hit-semantic"
-    assert 0.5 < float(para.headers["x-raygate-cache-similarity"]) <= 1.0
+    # A semantic hit is at least as similar as the configured threshold (0.80), never below it.
+    assert app_config["cache"]["similarity_threshold"] <= float(para.headers["x-raygate-cache-similarity"]) <= 1.0
     assert _started(llm_handle) == before
     for look_alike in ("How do I reverse a list in JavaScript?", "How do I sort a list in Python?"):
         assert _post(base_url, _chat(model_name, look_alike, system)).headers["x-raygate-cache"] == "miss"
@@ -159,6 +160,50 @@ def test_ttl_expiry(base_url, model_name, wait_stored):
     assert _post(base_url, body).headers["x-raygate-cache"] == "hit-exact"
     time.sleep(2.5)
     assert _post(base_url, body).headers["x-raygate-cache"] == "miss"
+
+
+def test_a_per_request_similarity_threshold_overrides_the_configured_one(base_url, model_name, llm_handle,
+                                                                         wait_stored):
+    system = f"threshold {uuid.uuid4().hex}"
+    assert _post(base_url, _chat(model_name, REVERSE, system)).headers["x-raygate-cache"] == "miss"
+    wait_stored(_chat(model_name, REVERSE, system))
+    time.sleep(1.0)  # both replicas' indexes have it
+    para = "What's the way to reverse a Python list?"
+    before = _started(llm_handle)
+    # Read-only: the strict request stores nothing, so the next one can only hit the first entry.
+    strict = _post(base_url, _chat(model_name, para, system, cache={"mode": "read", "similarity_threshold": 0.99}))
+    assert strict.headers["x-raygate-cache"] == "miss"
+    assert _started(llm_handle) - before == 1
+    loose = _post(base_url, _chat(model_name, para, system, cache={"mode": "read", "similarity_threshold": 0.8}))
+    assert loose.headers["x-raygate-cache"] == "hit-semantic"
+    # The neighbour the strict request turned down is below its 0.99: the request's own threshold decided.
+    assert 0.8 <= float(loose.headers["x-raygate-cache-similarity"]) < 0.99
+    assert _started(llm_handle) - before == 1
+
+
+def _stored(base_url, model_name, wait_stored):
+    body = _chat(model_name, f"Stored {uuid.uuid4().hex}")
+    first = _post(base_url, body)
+    assert first.headers["x-raygate-cache"] == "miss"
+    wait_stored(body)
+    return body, first.json()
+
+
+def test_read_mode_serves_a_stored_answer(base_url, model_name, llm_handle, wait_stored):
+    body, first = _stored(base_url, model_name, wait_stored)
+    before = _started(llm_handle)
+    read = _post(base_url, {**body, "cache": {"mode": "read"}})
+    assert read.headers["x-raygate-cache"] == "hit-exact"
+    assert read.json()["choices"][0]["message"] == first["choices"][0]["message"]
+    assert _started(llm_handle) == before  # served from the cache
+
+
+def test_write_mode_never_reads(base_url, model_name, llm_handle, wait_stored):
+    body, _ = _stored(base_url, model_name, wait_stored)
+    before = _started(llm_handle)
+    write = _post(base_url, {**body, "cache": {"mode": "write"}})
+    assert write.headers["x-raygate-cache"] == "miss"  # an entry exists, and write-only did not look
+    assert _started(llm_handle) - before == 1
 
 
 def test_modes_and_sampling(base_url, model_name, wait_stored):
@@ -204,7 +249,8 @@ def test_identical_requests_in_flight_cause_one_generation(base_url, model_name,
 
     results = asyncio.run(go())
     assert len({text for _, text in results}) == 1, "every waiter gets the same answer"
-    assert sorted(h for h, _ in results).count("miss") == 1, results
+    # One generated it; the others, sent while it ran (200 tokens), waited for it and say so.
+    assert sorted(h for h, _ in results) == ["coalesced"] * 5 + ["miss"], results
     assert _started(llm_handle) - before == 1
 
 
@@ -241,3 +287,32 @@ def test_redis_killed_mid_traffic_every_request_is_answered_and_the_cache_recove
             break
         assert time.monotonic() < deadline, "the cache did not recover within 60 s"
         time.sleep(1)
+
+
+def test_a_slow_redis_costs_a_request_at_most_the_lookup_timeout(base_url, model_name, redis_handle, app_config):
+    """The real server made slow: `CLIENT PAUSE` holds every client's commands for 4 s (Valkey's own
+    pause; nothing is refused, replies are late). A request in that window goes to the model once
+    `cache.lookup_timeout_s` (0.25 s) is spent, and says `bypass`; it does not wait for Redis."""
+    import redis
+
+    timeout_s = app_config["cache"]["lookup_timeout_s"]
+    r = redis.Redis.from_url(redis_handle.url.remote().result())
+    # The time the same request takes with the cache off, just before: what the model costs.
+    body = _chat(model_name, f"Slow Redis {uuid.uuid4().hex}", max_tokens=4)
+    t0 = time.monotonic()
+    assert _post(base_url, {**body, "cache": {"mode": "off"}}).status_code == 200
+    model_s = time.monotonic() - t0
+    pause_s = 4.0
+    r.execute_command("CLIENT", "PAUSE", int(pause_s * 1000), "ALL")
+    paused_at = time.monotonic()
+    try:
+        t0 = time.monotonic()
+        slow = _post(base_url, body)
+        elapsed = time.monotonic() - t0
+    finally:
+        time.sleep(max(0.0, pause_s - (time.monotonic() - paused_at)) + 0.5)  # the pause ends by itself
+    assert slow.status_code == 200, slow.text
+    assert slow.headers["x-raygate-cache"] == "bypass"
+    assert elapsed < pause_s / 2, f"the request waited for the paused Redis: {elapsed:.2f} s"
+    # The lookup's deadline plus what the model took, with room for a loaded 2-core host.
+    assert elapsed < model_s + timeout_s + 1.0, (elapsed, model_s)

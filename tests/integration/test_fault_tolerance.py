@@ -94,11 +94,23 @@ def routed_handle(ray_context, routed_model):
     return serve.get_deployment_handle(llm_deployment_name(routed_model), app_name="raygate")
 
 
+def _retries_counted(model: str) -> float:
+    from tests.integration.test_metrics import scrape, total
+
+    return total(scrape(), "ray_raygate_retries_total", model=model)
+
+
 def test_a_request_whose_replica_dies_is_answered_by_another(base_url, routed_model, routed_handle):
+    before = _retries_counted(routed_model)
     load = _kill_replica_under_load(base_url, routed_model, routed_handle, serving_the_stream=False)
     retried, _ = load.check()  # every non-streaming request answered 200
     print(f"non-streaming: {len(load.plain)} answered, {retried} retried")
     assert retried >= 1, "the killed replica was serving a non-streaming request: it must have been sent again"
+    # And the retry is counted in the live series (the agents export what workers reported: poll).
+    deadline = time.monotonic() + 60
+    while _retries_counted(routed_model) - before < retried:
+        assert time.monotonic() < deadline, "ray_raygate_retries_total did not count the retries within 60 s"
+        time.sleep(5)
 
 
 def test_a_stream_whose_replica_dies_ends_with_an_error_event(base_url, routed_model, routed_handle):

@@ -8,6 +8,7 @@ moved, and that every series the Grafana dashboard reads is really exported.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import sys
 import time
@@ -66,6 +67,27 @@ def _traffic(base_url: str, secure_url: str, model: str) -> None:
         assert r.status_code == 200
         assert any(line == "data: [DONE]" for line in r.iter_lines())
     assert httpx.get(secure_url + "/v1/models", headers={"Authorization": "Bearer sk-wrong"}, timeout=10).status_code == 401
+    # A request whose deadline has passed: dropped at the ingress (a deadline drop, an admission rejection).
+    late = httpx.post(chat, json={**body, "cache": {"mode": "off"}}, headers={"x-raygate-timeout-ms": "0"}, timeout=60)
+    assert late.status_code == 503
+    # A look-alike above the similarity threshold (0.91 with this embedder) that a detail check turns
+    # down: another number.
+    guarded = f"guards {unique}"
+
+    def ask(text):
+        return {**body, "messages": [{"role": "system", "content": guarded}, {"role": "user", "content": text}]}
+
+    assert httpx.post(chat, json=ask("What is the population of France in 2010?"), timeout=60).status_code == 200
+    time.sleep(1.5)  # stored and in both cache replicas' indexes
+    look_alike = httpx.post(chat, json=ask("What is the population of France in 2020?"), timeout=60)
+    assert look_alike.headers["x-raygate-cache"] == "miss"
+
+    # Concurrent generations, which the LLM replica's @serve.batch groups before the engine.
+    async def burst():
+        async with httpx.AsyncClient(timeout=60) as c:
+            return await asyncio.gather(*(c.post(chat, json={**body, "cache": {"mode": "off"}, "max_tokens": 2})
+                                          for _ in range(16)))
+    assert [r.status_code for r in asyncio.run(burst())] == [200] * 16
 
 
 def test_series_move_while_the_app_serves(ray_context, base_url, secure_url, model_name):
@@ -90,6 +112,17 @@ def test_series_move_while_the_app_serves(ray_context, base_url, secure_url, mod
         "vLLM prefix-cache hits": lambda s: total(s, "ray_vllm_prefix_cache_hits_total", model_name=model_name),
         "auth failures": lambda s: total(s, "ray_raygate_auth_failures_total", status="401"),
         "HTTP requests at Serve's proxy": lambda s: total(s, "ray_serve_num_http_requests_total"),
+        "deadline drops": lambda s: total(s, "ray_raygate_deadline_drops_total", model=model_name, stage="ingress"),
+        "admission rejections": lambda s: total(s, "ray_raygate_admission_rejections_total", model=model_name,
+                                                reason="deadline"),
+        "cache guard rejections": lambda s: total(s, "ray_raygate_cache_guard_rejections_total"),
+        "cache entries": lambda s: total(s, "ray_raygate_cache_entries"),
+        "embedding batch sizes": lambda s: total(s, "ray_raygate_cache_embed_batch_size_count"),
+        "submission batches": lambda s: total(s, "ray_serve_batches_processed_total", function_name="_submit_batch"),
+        # More requests than batches: some batch held two or more submissions.
+        "submissions batched": lambda s: (total(s, "ray_serve_actual_batch_size_sum", function_name="_submit_batch")
+                                          - total(s, "ray_serve_actual_batch_size_count",
+                                                  function_name="_submit_batch")),
     }
     # Ray's agents export what the workers reported at their last report interval: poll.
     deadline, after, still = time.monotonic() + 90, before, list(moved)

@@ -87,11 +87,16 @@ def test_n_choices(client, model_name):
 
 
 def test_seed_makes_sampling_repeatable(client, model_name):
+    """With the cache off, so that the repeat is vLLM sampling the same tokens, not a cache hit."""
     kw = dict(model=model_name, messages=[{"role": "user", "content": "seeded"}], max_tokens=12, temperature=1.0,
-              top_p=0.9, seed=1234)
-    a = client.chat.completions.create(**kw).choices[0].message.content
-    b = client.chat.completions.create(**kw).choices[0].message.content
-    c = client.chat.completions.create(**{**kw, "seed": 4321}).choices[0].message.content
+              top_p=0.9, seed=1234, extra_body={"cache": {"mode": "off"}})
+
+    def sample(**override):
+        raw = client.chat.completions.with_raw_response.create(**{**kw, **override})
+        assert raw.headers["x-raygate-cache"] == "off"
+        return raw.parse().choices[0].message.content
+
+    a, b, c = sample(), sample(), sample(seed=4321)
     assert a == b and a != c
 
 

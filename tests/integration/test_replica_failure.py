@@ -1,4 +1,5 @@
-"""A killed LLM replica takes its engine processes with it, and Serve replaces the replica."""
+"""A killed LLM replica takes its engine processes with it, and Serve replaces the replica. While the
+model has no replica: /health says 503, and a request gets 503 with Retry-After (not a hang)."""
 
 import os
 import signal
@@ -27,6 +28,23 @@ def test_sigkilled_replica_leaves_no_engine_and_is_replaced(base_url, llm_handle
     while any(_alive(p) for p in engine) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(p) for p in engine), "engine processes outlived their replica"
+
+    # The model's only replica is gone (its replacement takes tens of seconds to load the engine).
+    health = httpx.get(base_url + "/health", timeout=30)
+    assert health.status_code == 503, health.text
+    assert health.json()["models"][model_name].startswith("unavailable")
+    t0 = time.monotonic()
+    try:
+        r = httpx.post(base_url + "/v1/chat/completions", timeout=30,
+                       json={"model": model_name, "messages": [{"role": "user", "content": "anyone?"}],
+                             "max_tokens": 2, "cache": {"mode": "off"}})
+    except httpx.TimeoutException:
+        pytest.fail("a request to a model without a replica was not answered within 30 s")
+    waited = time.monotonic() - t0
+    replaced = httpx.get(base_url + "/health", timeout=30).status_code == 200
+    assert not replaced, "the replica was back before the request was answered: no evidence"
+    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, (r.status_code, r.text, waited)
+    assert r.json()["error"]["code"] == 503
 
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -13,7 +13,8 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.shared_app import ADMIN_KEY, LIMITED_RPM, TENANT_KEYS
+from tests.integration.shared_app import (ADMIN_KEY, ENV_ADMIN_KEY, FRUGAL_TPM, LIMITED_RPM, SECURE_RATE_LIMIT_RPS,
+                                          TENANT_KEYS)
 
 pytestmark = pytest.mark.integration
 
@@ -58,12 +59,17 @@ def test_the_official_client_sees_an_authentication_error(secure_url):
     assert [m.id for m in good.models.list().data] == ["tiny-llama"]
 
 
-def test_admin_endpoints_need_the_admin_key_and_health_needs_none(secure_url):
-    stats = secure_url + "/admin/cache/stats"
-    assert_error(httpx.get(stats, timeout=30), 401)
-    assert_error(httpx.get(stats, headers=auth("team-a"), timeout=30), 403, "admin")
-    r = httpx.get(stats, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+@pytest.mark.parametrize("path", ["/admin/cache/stats", "/admin/models"])
+def test_admin_endpoints_need_the_admin_key_and_health_needs_none(secure_url, path):
+    url = secure_url + path
+    assert_error(httpx.get(url, timeout=30), 401)
+    assert_error(httpx.get(url, headers=auth("team-a"), timeout=30), 403, "admin")
+    r = httpx.get(url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
     assert r.status_code == 200, r.text
+    # A plain admin key from RAYGATE_ADMIN_KEYS (the secure app's environment) is one too.
+    r = httpx.get(url, headers={"Authorization": f"Bearer {ENV_ADMIN_KEY}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert_error(httpx.get(url, headers={"Authorization": f"Bearer {ENV_ADMIN_KEY}x"}, timeout=30), 401)
     assert_error(httpx.post(secure_url + "/admin/cache/flush", headers=auth("team-b"), timeout=30), 403)
     assert httpx.get(secure_url + "/health", timeout=30).status_code == 200
 
@@ -84,32 +90,40 @@ def _until_hit(secure_url, tenant, body, timeout_s=10.0):
         time.sleep(0.3)
 
 
-# Not served from the cache: generated (a lookup slower than cache.lookup_timeout_s on a loaded host
-# counts as a bypass, which is generated too).
-GENERATED = ("miss", "bypass")
+def _read_only(secure_url, tenant, body, tries=5):
+    """What the cache holds for `tenant`: a read-only request (it never stores an entry of its own, so
+    a hit can only be someone else's). A lookup slower than cache.lookup_timeout_s on a loaded host is
+    a bypass, which says nothing either way: asked again."""
+    for _ in range(tries):
+        label, content = _ask(secure_url, tenant, {**body, "cache": {"mode": "read"}})
+        if label != "bypass":
+            return label, content
+        time.sleep(0.5)
+    pytest.fail(f"{tries} lookups in a row were bypassed")
 
 
 def test_one_tenants_cached_answer_never_reaches_another(secure_url):
     body = chat(f"What is the capital of Atlantis? ({uuid.uuid4().hex[:8]})")
     label, first = _ask(secure_url, "team-a", body)
-    assert label in GENERATED
+    assert label in ("miss", "bypass")
     label, again = _until_hit(secure_url, "team-a", body)
     assert label == "hit-exact" and again == first
-    # The identical request from another tenant is generated for it, never served team-a's entry.
-    label, _ = _ask(secure_url, "team-c", body)
-    assert label in GENERATED
+    # The identical request from another tenant finds nothing: team-a's entry is not in its scope.
+    label, _ = _read_only(secure_url, "team-c", body)
+    assert label == "miss"
 
 
 def test_tenants_that_share_a_cache_scope_share_answers(secure_url):
     body = chat(f"Name a prime number above {uuid.uuid4().int % 1000}.")
     label, first = _ask(secure_url, "partner-1", body)
-    assert label in GENERATED
+    assert label in ("miss", "bypass")
     label, _ = _until_hit(secure_url, "partner-1", body)
     assert label == "hit-exact"
-    label, shared = _until_hit(secure_url, "partner-2", body)  # explicit opt-in: the same cache_scope
+    # partner-2 only reads: a hit is partner-1's entry (explicit opt-in: the same cache_scope).
+    label, shared = _read_only(secure_url, "partner-2", body)
     assert label == "hit-exact" and shared == first
-    label, _ = _ask(secure_url, "team-a", body)  # everyone else: not shared
-    assert label in GENERATED
+    label, _ = _read_only(secure_url, "team-a", body)  # everyone else: not shared
+    assert label == "miss"
 
 
 async def test_rate_limit_holds_across_two_ingress_replicas(secure_url):
@@ -174,6 +188,95 @@ def test_token_budget_refuses_with_429_once_spent(secure_url):
     refused = results[codes.index(429)]
     assert_error(refused, 429, "tokens per minute")
     assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_cache_hits_cost_no_tokens(secure_url):
+    """`frugal` has FRUGAL_TPM (100) tokens a minute; each of these requests is charged ~24 when it
+    goes to a model. Twenty cache hits of one answer cost nothing; new questions then spend the
+    budget within a few requests (the budget is live, so the hits would have been refused)."""
+    body = chat(f"frugal question {uuid.uuid4().hex[:8]}", max_tokens=8)
+    label, _ = _ask(secure_url, "frugal", body)
+    assert label in ("miss", "bypass")
+    label, _ = _until_hit(secure_url, "frugal", body)
+    assert label == "hit-exact"
+    for _ in range(20):
+        r = httpx.post(secure_url + "/v1/chat/completions", json=body, headers=auth("frugal"), timeout=60)
+        assert r.status_code == 200 and r.headers["x-raygate-cache"] == "hit-exact", (r.status_code, r.text)
+    codes = []
+    for i in range(FRUGAL_TPM // 8):
+        r = httpx.post(secure_url + "/v1/chat/completions", headers=auth("frugal"), timeout=60,
+                       json=chat(f"new frugal question {i} {uuid.uuid4().hex[:8]}", max_tokens=8))
+        codes.append(r.status_code)
+        if r.status_code == 429:
+            assert_error(r, 429, "tokens per minute")
+            break
+    assert codes[-1] == 429 and len(codes) <= FRUGAL_TPM // 20, codes
+
+
+async def test_a_models_rate_limit_refuses_with_429(secure_url):
+    """The secure model takes SECURE_RATE_LIMIT_RPS requests/s (burst as many) at each of the 2 ingress
+    replicas; 100 generations at once exceed it: 429 with Retry-After for the excess, from the model's
+    token bucket (not a tenant's limit: team-a has none)."""
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=200)) as http:
+        async def one(i):
+            return await http.post(secure_url + "/v1/chat/completions", headers=auth("team-a"),
+                                   json=chat(f"burst {i} {uuid.uuid4().hex[:6]}", max_tokens=1, cache={"mode": "off"}))
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(one(i) for i in range(100)))
+        elapsed = time.monotonic() - t0
+    codes = [r.status_code for r in results]
+    assert set(codes) <= {200, 429}, codes
+    refused = [r for r in results if r.status_code == 429]
+    assert refused, f"100 requests in {elapsed:.1f} s, none refused"
+    for r in refused:
+        assert_error(r, 429, "requests/s", "tiny-llama")
+        assert float(r.headers["retry-after"]) >= 1
+    # At most the buckets' contents plus what they refilled while the burst lasted.
+    assert codes.count(200) <= 2 * SECURE_RATE_LIMIT_RPS * (1 + elapsed), (codes.count(200), elapsed)
+
+
+def test_an_exact_only_cache_never_serves_a_paraphrase(secure_url):
+    """The secure app's cache has `semantic: false`: a repeat hits, a paraphrase is generated."""
+    system = f"exact only {uuid.uuid4().hex}"
+    body = chat("How do I reverse a list in Python?")
+    body["messages"].insert(0, {"role": "system", "content": system})
+    label, _ = _ask(secure_url, "team-a", body)
+    assert label in ("miss", "bypass")
+    label, _ = _until_hit(secure_url, "team-a", body)
+    assert label == "hit-exact"
+    para = chat("What's the way to reverse a Python list?")  # a semantic hit at 0.80 in the main app
+    para["messages"].insert(0, {"role": "system", "content": system})
+    label, _ = _read_only(secure_url, "team-a", para)
+    assert label == "miss"
+
+
+def test_payloads_are_logged_when_log_payloads_is_on(base_url, model_name):
+    """The main test app has `ingress.log_payloads: true`: its ingress logs the prompt and the answer."""
+    marker = f"logged-{uuid.uuid4().hex}"
+    r = httpx.post(base_url + "/v1/chat/completions", timeout=60, headers={"x-request-id": marker},
+                   json={"model": model_name, "messages": [{"role": "user", "content": f"say {marker}"}],
+                         "max_tokens": 4, "cache": {"mode": "off"}})
+    assert r.status_code == 200
+    deadline = time.monotonic() + 10
+    while True:
+        lines = _log_lines_with(marker)
+        requests = [line for line in lines if f"request {marker}" in line]
+        responses = [line for line in lines if f"response {marker}" in line]
+        if requests and responses:
+            break
+        assert time.monotonic() < deadline, f"the payload was not logged: {lines}"
+        time.sleep(0.5)
+    assert f"say {marker}" in requests[0]  # the prompt
+    assert "status=200" in responses[0] and r.json()["id"] in responses[0]  # the completion's body
+
+
+def _log_lines_with(text: str) -> list[str]:
+    found = []
+    for path in glob.glob("/tmp/ray/session_latest/logs/**/*", recursive=True):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                found += [line.decode(errors="replace") for line in f if text.encode() in line]
+    return found
 
 
 def test_prompts_and_completions_stay_out_of_the_logs(secure_url):
