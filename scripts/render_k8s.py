@@ -55,14 +55,16 @@ _LLM = _APP + "models.0."
 # Production overrides of serve_config.yaml, as dotted paths (list items by index). Setting a path
 # creates missing mappings on the way; deleting one that does not exist is an error.
 OVERRIDES: dict[str, Any] = {
-    # A real Hugging Face model instead of the offline CPU demo (any vLLM-supported id works).
+    # A GPU-sized Hugging Face model instead of the CPU default built offline (any vLLM-supported id works).
     _LLM + "model": "Qwen/Qwen2.5-1.5B-Instruct",
     _LLM + "served_model_name": "qwen2.5-1.5b-instruct",
     # One GPU per replica. vLLM's engine-core process and the replica's event loop each keep a core
     # busy; the other half of a worker pod's CPUs is left to the proxy and the ingress/cache replicas.
     _LLM + "num_gpus": GPUS_PER_WORKER,
     _LLM + "num_cpus": WORKER_CPUS // 2,
-    # CUDA graphs on (vLLM's default); the CPU demo skips their compilation.
+    # A GPU batches more sequences at once than the CPU default's 64.
+    _LLM + "engine_args.max_num_seqs": 128,
+    # CUDA graphs on (vLLM's default); the CPU config skips their compilation.
     _LLM + "engine_args.enforce_eager": DELETE,
     # CPU-only setting (the KV cache size of vLLM's CPU backend).
     _LLM + "env.VLLM_CPU_KVCACHE_SPACE": DELETE,

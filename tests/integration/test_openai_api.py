@@ -9,9 +9,9 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_models_lists_the_served_models(client, model_name, routed_model):
+def test_models_lists_the_served_models(client, model_name, routed_model, real_model):
     models = client.models.list().data
-    assert [m.id for m in models] == [model_name, routed_model]  # the test app serves two, in config order
+    assert [m.id for m in models] == [model_name, routed_model, real_model]  # the test app's three, in config order
     card = models[0].model_dump()
     assert card["owned_by"] == "raygate" and card["root"] and card["max_model_len"] == 2048
 
