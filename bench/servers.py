@@ -76,6 +76,27 @@ def with_model(block: dict, model: Optional[str]) -> dict:
     return out["models"][0]
 
 
+def config_for_model(config_path: Path, model: Optional[str]) -> Path:
+    """`config_path` itself, or (`model` given) a copy whose first model block serves `model` (see
+    model_overrides): how every benchmark's `--model` flag works."""
+    if not model:
+        return Path(config_path)
+    cfg = yaml.safe_load(Path(config_path).read_text())
+    models = cfg["applications"][0]["args"]["models"]
+    models[0] = with_model(models[0], model)
+    out = Path(tempfile.mkdtemp(prefix="raygate-model-")) / Path(config_path).name
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def add_model_arg(parser, default: Optional[str] = None) -> None:
+    """The benchmarks' `--model`: serve this model in the config's first model block."""
+    parser.add_argument("--model", default=default,
+                        help="serve this model in the config's first model block: builtin:tiny-llama (the demo "
+                             "model, with its engine settings), builtin:smollm2-135m-instruct, a Hugging Face id or "
+                             f"a path (default: {default or 'the block as written'})")
+
+
 def model_spec_from_config(config_path: Path, model: Optional[str] = None) -> ModelSpec:
     """The first model of a serve_config.yaml (or `model` in its place, see model_overrides), with a
     built-in model built if it is one."""

@@ -74,3 +74,19 @@ def test_benchmarks_switch_the_model_and_keep_the_demo_models_settings():
     assert model_overrides("Qwen/Qwen2.5-1.5B-Instruct") == {
         "models.0.model": "Qwen/Qwen2.5-1.5B-Instruct", "models.0.served_model_name": "Qwen/Qwen2.5-1.5B-Instruct"}
     assert model_overrides(None) == {}
+
+
+def test_a_benchmarks_model_flag_rewrites_only_the_first_model_block():
+    import yaml
+
+    from bench.servers import REPO, config_for_model
+    from deployments.config import AppConfig
+
+    repo = REPO / "serve_config.yaml"
+    assert config_for_model(repo, None) == repo
+    cfg = yaml.safe_load(config_for_model(repo, "builtin:tiny-llama").read_text())
+    original = yaml.safe_load(repo.read_text())
+    model = AppConfig.model_validate(cfg["applications"][0]["args"]).models[0]
+    assert (model.name, model.engine_args.max_model_len, model.env) == ("tiny-llama", 2048, {"VLLM_CPU_KVCACHE_SPACE": "1"})
+    cfg["applications"][0]["args"]["models"][0] = original["applications"][0]["args"]["models"][0]
+    assert cfg == original
