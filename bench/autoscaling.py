@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from bench.report import write_json
-from bench.servers import REPO, Raygate, free_port
+from bench.servers import REPO, Raygate, add_model_arg, config_for_model, free_port
 
 POLICY = {"policy_function": "deployments.autoscaling:QueueLengthPolicy",
           "policy_kwargs": {"queue_weight": 2.0, "floor": 1}}
@@ -167,6 +167,7 @@ def plot(samples: list[dict], phases: dict, path: Path) -> None:
 def main(argv: Optional[list[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=REPO / "serve_config.yaml")
+    add_model_arg(p, default="builtin:tiny-llama")  # the serving layer's cost, not the model's
     p.add_argument("--streams", type=int, default=16)
     p.add_argument("--idle-s", type=float, default=20)
     p.add_argument("--load-s", type=float, default=90)
@@ -179,6 +180,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--metrics-interval-s", type=float, default=0.5, help="how often load is reported to Serve")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "autoscaling.json")
     args = p.parse_args(argv)
+    args.config = config_for_model(Path(args.config), args.model)
     import ray
     import yaml
 

@@ -1,6 +1,10 @@
 """Does the cache pay off on repeat-heavy traffic? raygate with the cache against raygate without it.
 
     python -m bench.cache_workload                    # 600 requests, concurrency 16
+    python -m bench.cache_workload --model tiny-llama # on the random-weight demo model
+
+`--model` serves another model in serve_config.yaml's first model block (default: the block's own,
+builtin:smollm2-135m-instruct), as in bench.compare.
 
 The workload comes from a dataset in dev.jsonl's schema: 50% unique prompts (anchors and hard
 negatives, each sent once), 30% exact repeats of a prompt already sent, 20% paraphrases of an anchor
@@ -22,6 +26,7 @@ import asyncio
 import collections
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -32,7 +37,7 @@ import psutil
 from bench import client_priority, cpu_account
 from bench.loadgen import fmt
 from bench.report import write_json
-from bench.servers import REPO, Raygate, free_port
+from bench.servers import REPO, Raygate, free_port, model_overrides
 
 DATASET = REPO.parent / "shared" / "semcache" / "dev.jsonl"
 
@@ -123,13 +128,14 @@ def run_once(args, workload: list[tuple[str, str]], label: str, enabled: bool) -
     import yaml
 
     log_dir = REPO / "bench" / "results" / "logs"
-    srv = Raygate(args.config, free_port(), log_dir, label=f"raygate-{label}",
-                  overrides={**dict(kv.split("=", 1) for kv in args.set),
-                             "cache.enabled": enabled, "cache.embedded.port": free_port()})
+    overrides = {**model_overrides(args.model), **dict(kv.split("=", 1) for kv in args.set),
+                 "cache.enabled": enabled, "cache.embedded.port": free_port()}
+    srv = Raygate(args.config, free_port(), log_dir, label=f"raygate-{label}", overrides=overrides)
     print(f"starting raygate ({label}) ...", flush=True)
     srv.start()
     try:
-        model = AppConfig.model_validate(yaml.safe_load(args.config.read_text())["applications"][0]["args"]).models[0].name
+        model = (overrides.get("models.0.served_model_name") or AppConfig.model_validate(
+            yaml.safe_load(args.config.read_text())["applications"][0]["args"]).models[0].name)
         before, me = cpu_account.snapshot(), psutil.Process().cpu_times()
         scheduling = client_priority.prioritise(args.client_priority)
         try:
@@ -156,6 +162,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", type=Path, default=DATASET)
     p.add_argument("--config", type=Path, default=REPO / "serve_config.yaml")
+    p.add_argument("--model", default=None,
+                   help="serve this model instead of the config's first (builtin:tiny-llama, a HF id, a path)")
     p.add_argument("--requests", type=int, default=600)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=64)
@@ -171,8 +179,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     mix = collections.Counter(kind for kind, _ in workload)
     print(f"workload: {dict(mix)}, concurrency {args.concurrency}, {args.max_tokens} output tokens, "
           f"{args.rounds} rounds")
-    results: dict = {"workload": dict(mix), "concurrency": args.concurrency, "max_tokens": args.max_tokens,
-                     "overrides": args.set, "rounds": []}
+    results: dict = {"command": " ".join(["python -m bench.cache_workload"] + (argv if argv is not None else sys.argv[1:])),
+                     "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "workload": dict(mix), "concurrency": args.concurrency, "max_tokens": args.max_tokens,
+                     "model": args.model or "serve_config.yaml's first model", "overrides": args.set, "rounds": []}
     for n in range(args.rounds):
         # The host's speed drifts by tens of percent between minutes: alternate which side runs first.
         order = (("cache_on", True), ("cache_off", False)) if n % 2 == 0 else (("cache_off", False), ("cache_on", True))

@@ -1,7 +1,12 @@
 """Compare raygate with `vllm serve` on one workload, in one run, on the same model.
 
     python -m bench.compare                       # 128 in / 64 out, concurrency 32, 400 prompts
+    python -m bench.compare --model tiny-llama    # the random-weight demo: the serving layer's cost
     python -m bench.compare --repeats 2 --variant tput=RAY_SERVE_THROUGHPUT_OPTIMIZED=1
+
+`--model` serves another model in serve_config.yaml's first model block (default: the block's own,
+builtin:smollm2-135m-instruct); `builtin:tiny-llama` (or `tiny-llama`) brings the demo model's engine
+settings along (bench/servers.py TINY_LLAMA).
 
 The client is `vllm bench serve` (openai-chat backend, streaming with usage, ignore_eos). Contenders
 run one at a time, in rounds (A B A B ...) so that the shared machine's drift hits both alike. It
@@ -21,7 +26,7 @@ from pathlib import Path
 
 from bench import cpu_account, vllm_bench
 from bench.report import machine
-from bench.servers import REPO, Raygate, Server, VLLMServe, model_spec_from_config
+from bench.servers import REPO, Raygate, Server, VLLMServe, model_overrides, model_spec_from_config
 
 FIELDS = [
     "completed", "failed", "duration", "request_throughput", "output_throughput",
@@ -84,6 +89,8 @@ def parse_variant(text: str) -> tuple[str, dict, dict, int | None]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(REPO / "serve_config.yaml"))
+    ap.add_argument("--model", default=None,
+                    help="serve this model instead of the config's first (builtin:tiny-llama, a HF id, a path)")
     ap.add_argument("--num-prompts", type=int, default=400)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--input-len", type=int, default=128)
@@ -103,17 +110,18 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     logs = out.parent / "logs"
-    spec = model_spec_from_config(Path(args.config))
+    spec = model_spec_from_config(Path(args.config), args.model)
+    model = model_overrides(args.model)
 
     contenders: list[Server] = []
     if not args.no_vllm:
         contenders.append(VLLMServe(spec, args.port + 100, logs))
     if not args.no_raygate:
-        contenders.append(Raygate(Path(args.config), args.port, logs))
+        contenders.append(Raygate(Path(args.config), args.port, logs, overrides=model))
     for v in args.variant:
         label, env, overrides, client_port = parse_variant(v)
         contenders.append(Raygate(Path(args.config), args.port, logs, env=env, label=f"raygate[{label}]",
-                                  overrides=overrides, client_port=client_port))
+                                  overrides={**model, **overrides}, client_port=client_port))
 
     runs: dict[str, list[dict]] = {c.name: [] for c in contenders}
     for rnd in range(args.repeats):
@@ -140,6 +148,7 @@ def main(argv=None) -> None:
                 r["serving_layer_cpu_ms_per_request"] for r in rs)
     base = summary.get("vllm-serve")
     print()
+    print(f"model: {spec.name} ({spec.path})")
     print(f"workload: random {args.input_len} in / {args.output_len} out, concurrency {args.concurrency}, "
           f"{args.num_prompts} prompts, ignore_eos, median of {args.repeats} round(s)")
     hdr = f"{'contender':<28}{'out tok/s':>10}{'x vllm':>8}{'TTFT p50':>10}{'TTFT p99':>10}{'TPOT p50':>10}{'ITL p50':>9}{'failed':>8}"

@@ -30,7 +30,7 @@ import numpy as np
 
 from bench import client_priority
 from bench.report import write_json
-from bench.servers import REPO, Raygate, free_port
+from bench.servers import REPO, Raygate, add_model_arg, config_for_model, free_port
 
 
 def _body(model: str, i: int, max_tokens: int) -> dict:
@@ -168,6 +168,7 @@ def summarise(records: list[dict], offered_rate: float, client_cpu_share: float)
 def main(argv: Optional[list[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path, default=REPO / "serve_config.yaml")
+    add_model_arg(p, default="builtin:tiny-llama")  # the serving layer's cost, not the model's
     p.add_argument("--capacity-seconds", type=float, default=30)
     p.add_argument("--unloaded", type=float, default=0.5, help="unloaded phase: this fraction of capacity")
     p.add_argument("--unloaded-seconds", type=float, default=30)
@@ -183,6 +184,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                    help="fifo: the load generator runs SCHED_FIFO once the server is up (see bench/client_priority.py)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "overload.json")
     args = p.parse_args(argv)
+    args.config = config_for_model(Path(args.config), args.model)
     import httpx
     import yaml
 

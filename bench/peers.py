@@ -44,7 +44,7 @@ import psutil
 from bench import loadgen, vllm_bench, workloads
 from bench.report import machine, write_json
 from bench.servers import (REPO, NaiveServer, Raygate, RayServeLLM, Server, VLLMServe, free_port,
-                           model_spec_from_config)
+                           add_model_arg, config_for_model, model_spec_from_config)
 
 RESULTS = REPO / "bench" / "results"
 CONTENDERS = ("raygate", "vllm-serve", "ray-serve-llm", "naive")
@@ -521,6 +521,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "serve_config.yaml"))
+    add_model_arg(p, default="builtin:tiny-llama")  # the serving layer's cost, not the model's
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--workloads", default=",".join(WORKLOADS))
     p.add_argument("--concurrency", type=int, default=16)
@@ -543,6 +544,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--ablation", action="store_true")
     p.add_argument("--out", default=None, help="JSON path (default: bench/results/peers[_<mode>].json)")
     args = p.parse_args(argv)
+    args.config = str(config_for_model(Path(args.config), args.model))
     spec = model_spec_from_config(Path(args.config))
     if args.sweep_concurrency:
         run, default = run_concurrency_sweep, "peers_concurrency.json"

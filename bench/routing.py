@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 
 from bench.report import write_json
-from bench.servers import REPO, Raygate, free_port
+from bench.servers import REPO, Raygate, add_model_arg, config_for_model, free_port
 
 CONTENDERS = {
     "raygate-router": {},  # serve_config.yaml's request_router_config
@@ -152,6 +152,7 @@ def hit_rate(before: dict[str, dict], after: dict[str, dict]) -> float:
 def main(argv: Optional[list[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path, default=REPO / "serve_config.yaml")
+    add_model_arg(p, default="builtin:tiny-llama")  # the serving layer's cost, not the model's
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--system-prompts", type=int, default=8)
     p.add_argument("--system-tokens", type=int, default=1000)
@@ -166,6 +167,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an app arg")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "routing.json")
     args = p.parse_args(argv)
+    args.config = config_for_model(Path(args.config), args.model)
     import yaml
 
     from deployments.config import AppConfig

@@ -37,14 +37,79 @@ class ModelSpec:
     env: dict = field(default_factory=dict)
 
 
-def model_spec_from_config(config_path: Path) -> ModelSpec:
-    """The first model of a serve_config.yaml, with the demo model built if it is the default."""
+# The demo model's serving settings, as serve_config.yaml had them while it was the default (the
+# integration tests and the serving-layer benchmarks were measured with them): a 17M-parameter model
+# needs a small KV cache and runs more sequences at once than the real one.
+TINY_LLAMA = {"model": "builtin:tiny-llama", "served_model_name": "tiny-llama",
+              "chat_template": "deployments/templates/demo_hermes.jinja",  # tools in the Hermes format
+              "engine_args": {"max_model_len": 2048, "max_num_seqs": 128},
+              "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}}
+
+
+def model_overrides(model: Optional[str]) -> dict:
+    """Dotted overrides (for `Raygate(overrides=...)`) that serve `model` as the config's first model.
+
+    `model` is a built-in (`builtin:tiny-llama`, or `tiny-llama` for short), a Hugging Face id or a
+    local path; its served name is `builtin:` stripped, or the id. `builtin:tiny-llama` also gets the
+    engine settings in TINY_LLAMA; any other model keeps the config's. None: no overrides."""
+    from deployments.config import BUILTIN_MODELS
+
+    if not model:
+        return {}
+    if "builtin:" + model in BUILTIN_MODELS:
+        model = "builtin:" + model
+    if model == TINY_LLAMA["model"]:
+        out = {"models.0.model": model, "models.0.served_model_name": TINY_LLAMA["served_model_name"],
+               "models.0.chat_template": TINY_LLAMA["chat_template"]}
+        out.update({f"models.0.engine_args.{k}": v for k, v in TINY_LLAMA["engine_args"].items()})
+        # set_dotted YAML-parses strings: quoted, an environment value stays a string.
+        out.update({f"models.0.env.{k}": json.dumps(v) for k, v in TINY_LLAMA["env"].items()})
+        return out
+    return {"models.0.model": model, "models.0.served_model_name": model.removeprefix("builtin:")}
+
+
+def with_model(block: dict, model: Optional[str]) -> dict:
+    """A copy of one `models` entry of serve_config.yaml with model_overrides(model) applied."""
+    import copy
+
+    out = {"models": [copy.deepcopy(block)]}
+    for path, value in model_overrides(model).items():
+        set_dotted(out, path, value)
+    return out["models"][0]
+
+
+def config_for_model(config_path: Path, model: Optional[str]) -> Path:
+    """`config_path` itself, or (`model` given) a copy whose first model block serves `model` (see
+    model_overrides): how every benchmark's `--model` flag works."""
+    if not model:
+        return Path(config_path)
+    cfg = yaml.safe_load(Path(config_path).read_text())
+    models = cfg["applications"][0]["args"]["models"]
+    models[0] = with_model(models[0], model)
+    out = Path(tempfile.mkdtemp(prefix="raygate-model-")) / Path(config_path).name
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def add_model_arg(parser, default: Optional[str] = None) -> None:
+    """The benchmarks' `--model`: serve this model in the config's first model block."""
+    parser.add_argument("--model", default=default,
+                        help="serve this model in the config's first model block: builtin:tiny-llama (the demo "
+                             "model, with its engine settings), builtin:smollm2-135m-instruct, a Hugging Face id or "
+                             f"a path (default: {default or 'the block as written'})")
+
+
+def model_spec_from_config(config_path: Path, model: Optional[str] = None) -> ModelSpec:
+    """The first model of a serve_config.yaml (or `model` in its place, see model_overrides), with a
+    built-in model built if it is one."""
     from deployments.config import AppConfig
     from deployments.engine import resolve_model_source
 
     cfg = yaml.safe_load(Path(config_path).read_text())
-    args = AppConfig.model_validate(cfg["applications"][0].get("args") or {})
-    m = args.models[0]
+    args = cfg["applications"][0].get("args") or {}
+    if model:
+        args = dict(args, models=[with_model(args["models"][0], model)] + args["models"][1:])
+    m = AppConfig.model_validate(args).models[0]
     return ModelSpec(name=m.name, path=resolve_model_source(m), engine_args=m.engine_args.as_kwargs(), env=dict(m.env))
 
 

@@ -28,7 +28,7 @@ from typing import Optional
 import psutil
 
 from bench.report import write_json
-from bench.servers import REPO, Raygate, free_port
+from bench.servers import REPO, Raygate, add_model_arg, config_for_model, free_port
 
 KEYS = {"team-a": "sk-soak-team-a", "team-b": "sk-soak-team-b"}
 # Growth allowed after warm-up, per role: RSS within this many MiB or percent (the larger), fds within this many.
@@ -194,6 +194,7 @@ def growth_after_warmup(samples: list[dict], warmup_s: float) -> dict[str, dict]
 def main(argv: Optional[list[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=REPO / "serve_config.yaml")
+    add_model_arg(p, default="builtin:tiny-llama")  # the serving layer's cost, not the model's
     p.add_argument("--minutes", type=float, default=10)
     p.add_argument("--warmup-minutes", type=float, default=None,
                    help="growth is measured from the end of the warm-up; default: 2, or a fifth of a shorter run")
@@ -202,6 +203,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.json")
     args = p.parse_args(argv)
+    args.config = config_for_model(Path(args.config), args.model)
     if args.warmup_minutes is None:
         args.warmup_minutes = min(2.0, args.minutes / 5)
     if not 0 <= args.warmup_minutes < args.minutes:

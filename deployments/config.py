@@ -18,8 +18,12 @@ from deployments.auth import AuthConfig
 from common.deployment_options import DeploymentOptions
 from deployments.placement import expected_num_gpus, replica_placement
 
-# `model: builtin:tiny-llama` names the demo model that deployments/demo_model.py builds offline.
+# Models built on the machine from PyPI packages (deployments/builtin_models.py): `builtin:tiny-llama`
+# is the random-weight demo (deployments/demo_model.py), `builtin:smollm2-135m-instruct` a real
+# instruct model converted from a GGUF file (deployments/smollm2_model.py).
 BUILTIN_DEMO = "builtin:tiny-llama"
+BUILTIN_SMOLLM2 = "builtin:smollm2-135m-instruct"
+BUILTIN_MODELS = (BUILTIN_DEMO, BUILTIN_SMOLLM2)
 
 
 class EngineArgs(BaseModel):
@@ -136,7 +140,7 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # Hugging Face id, local path, or `builtin:tiny-llama` (the offline demo model).
+    # Hugging Face id, local path, or one of BUILTIN_MODELS (built offline on this machine).
     model: str = BUILTIN_DEMO
     # The name clients send as `model` and see in /v1/models; defaults to `model`.
     served_model_name: Optional[str] = None
@@ -187,6 +191,13 @@ class ModelConfig(BaseModel):
     # use) exported through Ray's metrics agent as `ray_vllm_*`, tagged with the replica.
     engine_metrics: bool = True
 
+    @field_validator("model")
+    @classmethod
+    def _known_builtin(cls, v: str) -> str:
+        if v.startswith("builtin:") and v not in BUILTIN_MODELS:
+            raise ValueError(f"unknown built-in model {v!r}; known: {', '.join(BUILTIN_MODELS)}")
+        return v
+
     @model_validator(mode="after")
     def _admission_follows_the_engine(self) -> "ModelConfig":
         """Admission's unset bounds follow the engine's batch (deployments/admission.py says why)."""
@@ -218,9 +229,10 @@ class ModelConfig(BaseModel):
 
     @property
     def name(self) -> str:
+        """The served name: `served_model_name`, else `model` (`builtin:` stripped for built-ins)."""
         if self.served_model_name:
             return self.served_model_name
-        return "tiny-llama" if self.model == BUILTIN_DEMO else self.model
+        return self.model.removeprefix("builtin:") if self.model in BUILTIN_MODELS else self.model
 
 
 class CorsConfig(BaseModel):

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 # Bump when the recipe changes: the cache folder name includes it, so old builds are never reused.
 RECIPE_VERSION = 1
@@ -88,26 +89,38 @@ def build_demo_model(target: Path) -> None:
     tokenizer.save_pretrained(str(target))
 
 
-def ensure_demo_model(cache_dir: Path | None = None) -> Path:
-    """Return the demo model's folder, building it once; safe when several processes race."""
+def build_once(path: Path, build: Callable[[Path], None]) -> Path:
+    """Run `build(tmp)` once per machine and move the result to `path`; return `path`.
+
+    A file lock (`<path>.lock`) makes processes that race (replicas starting together, set-up
+    beside a running server) wait for one build; `.complete` marks a finished one, so an
+    interrupted build is redone, never served."""
     from filelock import FileLock
 
-    path = demo_model_path(cache_dir)
     done = path / ".complete"
     if done.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not done.exists():
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            build_demo_model(tmp)
-            if path.exists():
-                import shutil
+            import shutil
 
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            try:
+                build(tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves no half-written folder
+                raise
+            if path.exists():
                 shutil.rmtree(path)
             tmp.rename(path)
             done.touch()
     return path
+
+
+def ensure_demo_model(cache_dir: Path | None = None) -> Path:
+    """Return the demo model's folder, building it once; safe when several processes race."""
+    return build_once(demo_model_path(cache_dir), build_demo_model)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from common.errors import error_body
-from deployments.config import BUILTIN_DEMO, ModelConfig, StreamingConfig
+from deployments.config import BUILTIN_MODELS, ModelConfig, StreamingConfig
 from deployments.engine_protocol import Engine, EngineLoad, OpenAIRequest, ServeResult
 from deployments.placement import RAY_EXECUTOR, replica_placement
 from deployments.stream_coalescing import ChunkBudget
@@ -85,11 +85,11 @@ class CoalescingAsyncLLM(AsyncLLM):
 
 
 def resolve_model_source(cfg: ModelConfig) -> str:
-    """Where the weights are: the built-in demo model is built here on first use."""
-    if cfg.model == BUILTIN_DEMO:
-        from deployments.demo_model import ensure_demo_model
+    """Where the weights are: a built-in model (BUILTIN_MODELS) is built here on first use."""
+    if cfg.model in BUILTIN_MODELS:
+        from deployments.builtin_models import ensure_builtin
 
-        return str(ensure_demo_model())
+        return str(ensure_builtin(cfg.model))
     return cfg.model
 
 

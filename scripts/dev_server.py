@@ -3,7 +3,7 @@
     .venv/bin/python scripts/dev_server.py [PORT]          # prints READY <url>; Ctrl-C stops it
     RAYGATE_TEST_SERVER_URL=<url> .venv/bin/python -m pytest tests/integration/test_admission_and_routing.py
 
-The same app as tests/integration/conftest.py builds (two models, two cache replicas, the secure app
+The same app as tests/integration/conftest.py builds (three models, two cache replicas, the secure app
 at /secure). State carries over
 between runs against it (engines' counters, caches, router indexes), which fresh CI runs do not have.
 """

@@ -76,7 +76,7 @@ _LLM = _APP + "models.0."
 # Production overrides of serve_config.yaml, as dotted paths (list items by index). Setting a path
 # creates missing mappings on the way; deleting one that does not exist is an error.
 OVERRIDES: dict[str, Any] = {
-    # A real Hugging Face model instead of the offline CPU demo (any vLLM-supported id works).
+    # A GPU-sized Hugging Face model instead of the CPU default built offline (any vLLM-supported id works).
     _LLM + "model": "Qwen/Qwen2.5-1.5B-Instruct",
     _LLM + "served_model_name": "qwen2.5-1.5b-instruct",
     # One GPU per replica. vLLM's engine-core process and the replica's event loop each keep a core
@@ -86,7 +86,9 @@ OVERRIDES: dict[str, Any] = {
     # Hub downloads go to the node's cache volume (HF_CACHE_MOUNT), once per node.
     _LLM + "loading.cache_dir": HF_CACHE_MOUNT,
     _LLM + "loading.startup_allowance_s": STARTUP_ALLOWANCE_S,
-    # CUDA graphs on (vLLM's default); the CPU demo skips their compilation.
+    # A GPU batches more sequences at once than the CPU default's 64.
+    _LLM + "engine_args.max_num_seqs": 128,
+    # CUDA graphs on (vLLM's default); the CPU config skips their compilation.
     _LLM + "engine_args.enforce_eager": DELETE,
     # GPU nodes have cores to spare for chunks: a larger chunk budget per replica (the demo's 400/s
     # protects a 2-core host whose engine shares the CPU).

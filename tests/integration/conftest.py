@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from bench.servers import free_port, haproxy_processes, valkey_processes, vllm_processes
-from tests.integration.shared_app import (REPO, ROUTED_MODEL, SECURE_PREFIX, build_test_app, register_running,
-                                          start_test_app, stop_shared_app)
+from tests.integration.shared_app import (REPO, ROUTED_MODEL, SECURE_PREFIX, TEST_MODEL, build_test_app,
+                                          register_running, start_test_app, stop_shared_app)
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +54,14 @@ def base_url(server) -> str:
 
 
 @pytest.fixture(scope="session")
-def model_name(app_config) -> str:
+def model_name() -> str:
+    """The test app's first model: serve_config.yaml's first model block on the demo model."""
+    return TEST_MODEL
+
+
+@pytest.fixture(scope="session")
+def real_model(app_config) -> str:
+    """The real default model of serve_config.yaml, served by the test app beside the demo model."""
     from deployments.config import AppConfig
 
     return AppConfig.model_validate(app_config).models[0].name

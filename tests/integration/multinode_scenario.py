@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.servers import REPO, Raygate, free_port, vllm_processes
+from bench.servers import REPO, TINY_LLAMA, Raygate, free_port, model_overrides, vllm_processes
 from tests.integration.steady_load import under_load
 
 ACCELERATOR = "raygate_test_accelerator"  # stands in for GPUs (on GPU nodes: num_gpus: 1)
@@ -64,6 +64,7 @@ def run() -> dict:
     out["head"] = cluster.head_node.node_id
     out["workers"] = [w.node_id for w in workers]
     overrides = {
+        **model_overrides(TINY_LLAMA["model"]),  # the demo model: the scenario is about placement, not answers
         "cache.enabled": False,
         "models.0.num_cpus": 0.1,
         "models.0.resources": {ACCELERATOR: 1},

@@ -2,15 +2,19 @@
 
 `serve run` on the repo's own file, with the HTTP and cache ports moved to free ones and two
 semantic-cache replicas, starts a local Ray cluster, Serve with HAProxy, the ingress, the cache
-(embedded Valkey, SemanticCache) and two LLM deployments on the demo model with real vLLM on CPU:
-the repo's model with one replica, and a second one with two replicas for the routing, admission and
-fault tests (`routed_model_config`). The first app logs payloads (`ingress.log_payloads`, for its
-test). The same `serve run` starts a second application at /secure, configured as production is
-(`secure_app_config`): auth on, tenants with limits, two ingress replicas, its cache in the first
-app's Valkey under its own namespace; plus settings whose promises need an app of their own and
-that its other tests do not notice: an admin key from `RAYGATE_ADMIN_KEYS`, a model rate limit
-(`rate_limit_rps`), streaming chunks capped at a few tokens, and an exact-only cache
-(`cache.semantic: false`).
+(embedded Valkey, SemanticCache) and three LLM deployments with real vLLM on CPU: the repo's first
+model block served on the demo model (`builtin:tiny-llama`, whose forward pass is nearly free, so the
+suite stays fast) with one replica; a second one on the demo model with two replicas for the routing,
+admission and fault tests (`routed_model_config`); and the repo's real default model
+(`builtin:smollm2-135m-instruct`) with one replica, for tests/integration/test_real_model.py and the
+README's examples (`real_model_config`). The same `serve run` starts a second application at /secure,
+configured as production is (`secure_app_config`): auth on, tenants with limits, two ingress
+replicas, its cache in the first app's Valkey under its own namespace.
+The first app logs payloads (`ingress.log_payloads`, for its test) and serves a fourth model, the
+stand-in engine under queue-length autoscaling (`autoscaled_model_config`). The secure app also
+carries settings whose promises need an app of their own and that its other tests do not notice: an
+admin key from `RAYGATE_ADMIN_KEYS`, a model rate limit (`rate_limit_rps`), streaming chunks capped at
+a few tokens, and an exact-only cache (`cache.semantic: false`).
 
 A module of its own (not conftest.py) so that tests, conftest.py and scripts/dev_server.py share
 one copy of its state.
@@ -23,9 +27,28 @@ from pathlib import Path
 
 import yaml
 
-from bench.servers import Raygate, free_port
+from bench.servers import TINY_LLAMA, Raygate, free_port, with_model
 
 REPO = Path(__file__).resolve().parents[2]
+
+# The model most tests use: the repo's first model block, served on the demo model.
+TEST_MODEL = TINY_LLAMA["served_model_name"]
+
+
+def tiny_model_config(first: dict) -> dict:
+    """serve_config.yaml's first model block with the demo model and its settings (TINY_LLAMA)."""
+    return with_model(first, TINY_LLAMA["model"])
+
+
+def real_model_config(first: dict) -> dict:
+    """serve_config.yaml's own first model (the real default), one fixed replica, a 1 GiB KV cache."""
+    cfg = copy.deepcopy(first)
+    cfg["num_cpus"] = 0.1  # a Ray reservation only: the app must fit the 2 logical CPUs of a 2-core host
+    cfg.setdefault("env", {})["VLLM_CPU_KVCACHE_SPACE"] = "1"  # ~46,000 tokens: plenty for the tests
+    deployment = cfg.setdefault("deployment", {})
+    deployment.pop("autoscaling_config", None)
+    deployment["num_replicas"] = 1
+    return cfg
 
 
 # The second model of the test app: the same demo weights served by 2 replicas behind the prefix
@@ -148,14 +171,15 @@ def build_test_app(port: int, log_dir: Path) -> Raygate:
     """The integration tests' `serve run`: the repo's config with the overrides described above."""
     main_app = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]
     models = main_app["args"]["models"]
+    tiny = tiny_model_config(models[0])
     redis_port = free_port()
     # Ray reservations only: the apps' replicas must fit the 2 logical CPUs of a 2-core host.
-    first = dict(models[0], num_cpus=0.5)
+    first = dict(tiny, num_cpus=0.5)
     overrides = {"cache.embedded.port": redis_port, "cache.deployment.num_replicas": 2, "ingress.log_payloads": True,
                  "cache.deployment.autoscaling_config": None,
-                 "models": [first, routed_model_config(models[0]), autoscaled_model_config(models[0])]}
+                 "models": [first, routed_model_config(tiny), autoscaled_model_config(tiny), real_model_config(models[0])]}
     return Raygate(REPO / "serve_config.yaml", port, log_dir, overrides=overrides,
-                   extra_apps=[secure_app_config(main_app, models[0], redis_port)])
+                   extra_apps=[secure_app_config(main_app, tiny, redis_port)])
 
 
 def start_test_app(srv: Raygate) -> None:

@@ -9,12 +9,12 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_models_lists_the_served_models(client, model_name, routed_model):
+def test_models_lists_the_served_models(client, model_name, routed_model, real_model):
     models = client.models.list().data
     from tests.integration.shared_app import AUTOSCALED_MODEL
 
-    # The test app serves three, in config order.
-    assert [m.id for m in models] == [model_name, routed_model, AUTOSCALED_MODEL]
+    # The test app's four, in config order.
+    assert [m.id for m in models] == [model_name, routed_model, AUTOSCALED_MODEL, real_model]
     card = models[0].model_dump()
     assert card["owned_by"] == "raygate" and card["root"] and card["max_model_len"] == 2048
 

@@ -39,6 +39,7 @@ def test_readme_curl_examples(base_url):
                           capture_output=True, text=True, timeout=60)
     body = json.loads(chat.stdout)
     assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"] is not None
+    assert "Paris" in body["choices"][0]["message"]["content"]  # the default model is a real one
     stream = subprocess.run(cmds[1].replace("localhost:8000", f"127.0.0.1:{port}"), shell=True,
                             capture_output=True, text=True, timeout=60)
     events = [line[6:] for line in stream.stdout.splitlines() if line.startswith("data: ")]

@@ -6,18 +6,26 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from deployments.config import BUILTIN_DEMO, AppConfig
+from deployments.config import BUILTIN_SMOLLM2, AppConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_repo_config_is_valid_and_serves_the_demo_model():
+def test_repo_config_is_valid_and_serves_the_real_model():
     cfg = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     app = cfg["applications"][0]
     assert app["import_path"] == "deployments.app:build_app"
     args = AppConfig.model_validate(app["args"])
-    assert args.models[0].model == BUILTIN_DEMO
-    assert args.models[0].engine_args.max_model_len == 2048
+    assert args.models[0].model == BUILTIN_SMOLLM2
+    assert args.models[0].name == "smollm2-135m-instruct"
+    assert args.models[0].engine_args.max_model_len == 4096
+
+
+def test_builtin_models_are_named_without_the_prefix_and_unknown_ones_fail():
+    cfg = AppConfig.model_validate({"models": [{"model": "builtin:tiny-llama"}, {"model": BUILTIN_SMOLLM2}]})
+    assert [m.name for m in cfg.models] == ["tiny-llama", "smollm2-135m-instruct"]
+    with pytest.raises(ValidationError, match="builtin:tiny-lama"):
+        AppConfig.model_validate({"models": [{"model": "builtin:tiny-lama"}]})
 
 
 def test_defaults_need_no_args():
