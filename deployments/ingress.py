@@ -265,6 +265,7 @@ class Ingress:
         plan = cache_plan(view.kind, view.request, view.cache, self._config.cache, tenant.cache_scope)
         if not (plan.read or plan.write):
             ctx.headers[CACHE_HEADER] = "off"
+            self._cache.skip()  # counted as the lookup result `off`
             return await self._model_calls.call(ctx)
         miss = CacheMiss()
         if plan.read:
