@@ -98,12 +98,32 @@ def check_request(kind: RequestKind, payload: dict[str, Any]) -> None:
             _boolean(options, name, f"stream_options.{name}")
 
 
+def _materialized(value: Any) -> Any:
+    """`value` with every lazily validated iterator inside it turned into a list."""
+    if isinstance(value, dict):
+        return {k: _materialized(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_materialized(v) for v in value]
+    if isinstance(value, (str, bytes, int, float, bool)) or value is None or hasattr(value, "model_dump"):
+        return value
+    if hasattr(value, "__iter__"):
+        return [_materialized(v) for v in value]
+    return value
+
+
 def validate_request(kind: RequestKind, payload: dict[str, Any]) -> OpenAIRequest:
     """Validate a decoded body (less raygate's extension fields) into vLLM's request model for `kind`;
     raises APIError(400) naming the field."""
     check_request(kind, payload)
     try:
-        return _MODELS[kind].model_validate(payload)
+        request = _MODELS[kind].model_validate(payload)
+        if kind == RequestKind.CHAT:
+            # The message types are OpenAI's TypedDicts, whose `Iterable[...]` fields (an assistant
+            # turn's `tool_calls`, content parts) pydantic validates lazily into iterators: validate
+            # them now (a bad item is a 400 here, not a failure later) and keep lists, which the
+            # handle call to the replica can pickle (an iterator cannot: a tool conversation got 503).
+            request.messages = [_materialized(m) for m in request.messages]
+        return request
     except ValidationError as e:
         first = e.errors()[0]
         where = _loc(first.get("loc", ()))

@@ -86,3 +86,25 @@ def test_numbers_keep_vllms_coercion():
     """`n: 17.0` and `n: "17"` are 17 to the engine; the caps then read 17 (test_request_view.py)."""
     assert validate_request(CHAT, {"model": "m", "messages": MSG, "n": 17.0}).n == 17
     assert validate_request(CHAT, {"model": "m", "messages": MSG, "n": "17"}).n == 17
+
+
+def test_a_tool_conversation_validates_into_a_request_the_handle_can_pickle():
+    """An assistant turn's tool_calls is an Iterable in OpenAI's types, which pydantic validates lazily
+    into an iterator that cannot be pickled: the call to the replica failed and the client got 503."""
+    import pickle
+
+    from common.request_kind import RequestKind
+
+    body = {"model": "m", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "user", "content": [{"type": "text", "text": "and tomorrow?"}]}]}
+    request = validate_request(RequestKind.CHAT, body)
+    again = pickle.loads(pickle.dumps(request))
+    assert again.messages[1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    bad = {**body, "messages": [body["messages"][0], {"role": "assistant", "tool_calls": [{"id": 1}]}]}
+    with pytest.raises(APIError) as e:
+        validate_request(RequestKind.CHAT, bad)
+    assert e.value.status == 400
