@@ -100,10 +100,13 @@ def test_a_tool_conversation_validates_into_a_request_the_handle_can_pickle():
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        # OpenAI's own assistant shape (refusal, audio), which vLLM matches to OpenAI's TypedDict.
+        {"role": "assistant", "refusal": None, "audio": None, "content": [{"type": "text", "text": "Sunny."}]},
         {"role": "user", "content": [{"type": "text", "text": "and tomorrow?"}]}]}
     request = validate_request(RequestKind.CHAT, body)
     again = pickle.loads(pickle.dumps(request))
     assert again.messages[1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert again.messages[3]["content"] == [{"type": "text", "text": "Sunny."}]
     bad = {**body, "messages": [body["messages"][0], {"role": "assistant", "tool_calls": [{"id": 1}]}]}
     with pytest.raises(APIError) as e:
         validate_request(RequestKind.CHAT, bad)
