@@ -89,7 +89,7 @@ def autoscaled_model_config(first: dict) -> dict:
     cfg.pop("env", None)
     cfg["admission"] = {"max_inflight_per_replica": 64, "max_queued": 64}
     deployment = cfg.setdefault("deployment", {})
-    deployment.pop("request_router_config", None)
+    # Keeps the prefix router: the ingress learns from it when no replica runs (test_lost_replica.py).
     deployment["autoscaling_config"] = {
         "min_replicas": 1, "max_replicas": 2,
         # 20 running requests per replica: 8 requests alone never ask for a second replica; only the
