@@ -47,6 +47,9 @@ def routed_model_config(first: dict) -> dict:
     return cfg
 
 
+# The one origin the main app allows cross-origin requests from (tests/integration/test_correctness.py).
+CORS_ORIGIN = "http://chat.example"
+
 # The secure app's API keys (serve_config.yaml holds only their SHA-256 digests).
 SECURE_PREFIX = "/secure"
 TENANT_KEYS = {"team-a": "sk-test-team-a", "team-b": "sk-test-team-b", "team-c": "sk-test-team-c",
@@ -107,6 +110,7 @@ def build_test_app(port: int, log_dir: Path) -> Raygate:
     first = dict(models[0], num_cpus=0.5)
     overrides = {"cache.embedded.port": redis_port, "cache.deployment.num_replicas": 2,
                  "cache.deployment.autoscaling_config": None,
+                 "ingress.cors.allow_origins": [CORS_ORIGIN],
                  "models": [first, routed_model_config(models[0])]}
     return Raygate(REPO / "serve_config.yaml", port, log_dir, overrides=overrides,
                    extra_apps=[secure_app_config(main_app, models[0], redis_port)])
