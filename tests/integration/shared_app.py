@@ -93,7 +93,7 @@ def autoscaled_model_config(first: dict) -> dict:
     deployment["autoscaling_config"] = {
         "min_replicas": 1, "max_replicas": 2,
         # 20 running requests per replica: 8 requests alone never ask for a second replica; only the
-        # engine's waiting requests (weighted 2x) do, which Serve's default policy does not see.
+        # engine's waiting requests (weighted 4x) do, which Serve's default policy does not see.
         "target_ongoing_requests": 20, "upscale_delay_s": 1, "downscale_delay_s": 5,
         "metrics_interval_s": 0.5, "look_back_period_s": 2,
         "policy": {"policy_function": "deployments.autoscaling:QueueLengthPolicy",
@@ -101,6 +101,9 @@ def autoscaled_model_config(first: dict) -> dict:
     }
     return cfg
 
+
+# The one origin the main app allows cross-origin requests from (tests/integration/test_correctness.py).
+CORS_ORIGIN = "http://chat.example"
 
 # The secure app's API keys (serve_config.yaml holds only their SHA-256 digests).
 SECURE_PREFIX = "/secure"
@@ -177,6 +180,7 @@ def build_test_app(port: int, log_dir: Path) -> Raygate:
     first = dict(tiny, num_cpus=0.5)
     overrides = {"cache.embedded.port": redis_port, "cache.deployment.num_replicas": 2, "ingress.log_payloads": True,
                  "cache.deployment.autoscaling_config": None,
+                 "ingress.cors.allow_origins": [CORS_ORIGIN],
                  "models": [first, routed_model_config(tiny), autoscaled_model_config(tiny), real_model_config(models[0])]}
     return Raygate(REPO / "serve_config.yaml", port, log_dir, overrides=overrides,
                    extra_apps=[secure_app_config(main_app, tiny, redis_port)])
