@@ -22,7 +22,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from cache.client import CacheHit, CacheMiss, IngressCache
 from cache.keys import plan as cache_plan
@@ -37,6 +37,7 @@ from deployments.model_call import ModelCaller, RequestContext, WriteBack
 from deployments.rate_limits import TenantRateLimiter
 from deployments.request_controls import parse_controls
 from deployments.request_parsing import parse_json_object
+from deployments.sse import SSEResponse
 from deployments.request_view import RequestKind, RequestView, build_view
 from router import registry
 
@@ -296,8 +297,7 @@ class Ingress:
         if hit.kind == "semantic":
             headers[SIMILARITY_HEADER] = f"{hit.similarity:.4f}"
         if view.stream:
-            return StreamingResponse(_iterate(as_sse(view.kind, hit.body, view.include_usage)),
-                                     media_type="text/event-stream", headers=headers)
+            return SSEResponse(_iterate(as_sse(view.kind, hit.body, view.include_usage)), headers=headers)
         return JSONResponse(as_response(view.kind, hit.body), headers=headers)
 
     async def _model_card(self, name: str) -> dict:

@@ -19,7 +19,7 @@ from typing import AsyncGenerator, Optional
 
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 
 from cache.client import CacheMiss, IngressCache
@@ -33,6 +33,7 @@ from deployments.llm_server import Reply
 from deployments.rate_limits import TenantRateLimiter
 from deployments.request_controls import RequestControls
 from deployments.request_view import RequestView
+from deployments.sse import SSEResponse
 from deployments.tenants import Tenant
 from router import registry
 
@@ -144,8 +145,7 @@ class ModelCaller:
         if write_back is not None:
             forced = getattr(request, "tool_choice", None) not in (None, "none", "auto")
             tap = _StreamTap(StreamCollector(ctx.view.kind, forced_tools=forced), strip_usage, write_back)
-        return StreamingResponse(self._relay(head.body, stream, slot, tap), media_type="text/event-stream",
-                                 headers=headers)
+        return SSEResponse(self._relay(head.body, stream, slot, tap), headers=headers)
 
     async def _first_reply(self, ctx: RequestContext, request) -> tuple[DeploymentResponseGenerator, Reply, int]:
         """Call the model and wait for its head. Until the head arrives nothing has been sent to the
