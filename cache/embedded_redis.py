@@ -42,6 +42,9 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout_s
         while True:
             with socket.socket() as probe:
+                # As the server binds (SO_REUSEADDR): a dead server's connections in TIME_WAIT do not
+                # hold the port, a live listener on it (another server, HAProxy) does.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind(("0.0.0.0", self._port))
                     return
