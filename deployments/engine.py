@@ -266,7 +266,7 @@ class VLLMEngine(Engine):
         Workers started through Ray (`distributed_executor_backend: ray`) are not among them: they
         are actors owned by EngineCore, which joins Ray as a driver of its own; when the reaper kills
         EngineCore, Ray ends its job and kills the actors it owns, and Serve removes the replica's
-        placement group, which kills whatever still runs in it (tests/integration/test_placement.py)."""
+        placement group, which kills whatever still runs in it (tests/integration/test_placement_live.py)."""
         me = psutil.Process(os.getpid())
         return [p.pid for p in me.children(recursive=True)]
 

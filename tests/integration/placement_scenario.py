@@ -1,4 +1,4 @@
-"""The placement scenario that tests/integration/test_placement.py checks, run as a process of its own.
+"""The placement scenario that tests/integration/test_placement_live.py checks, run as a process of its own.
 
     python -m tests.integration.placement_scenario     # prints one JSON object on its last line
 

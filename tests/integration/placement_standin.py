@@ -1,4 +1,4 @@
-"""A stand-in for vLLM's engine with the Ray executor, private to tests/integration/test_placement.py.
+"""A stand-in for vLLM's engine with the Ray executor, private to tests/integration/test_placement_live.py.
 
 Why: vLLM 0.32's CPU build refuses `distributed_executor_backend: ray` ("current platform cpu does
 not support ray": its CPU platform names no Ray device), so on this machine no real engine puts
