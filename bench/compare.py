@@ -3,15 +3,19 @@
     python -m bench.compare                       # 128 in / 64 out, concurrency 32, 400 prompts
     python -m bench.compare --model tiny-llama    # the random-weight demo: the serving layer's cost
     python -m bench.compare --repeats 2 --variant tput=RAY_SERVE_THROUGHPUT_OPTIMIZED=1
+    python -m bench.compare --model tiny-llama --concurrency 32,64,128 --one-token 64 --repeats 2
 
 `--model` serves another model in serve_config.yaml's first model block (default: the block's own,
 builtin:smollm2-135m-instruct); `builtin:tiny-llama` (or `tiny-llama`) brings the demo model's engine
 settings along (bench/servers.py TINY_LLAMA).
 
 The client is `vllm bench serve` (openai-chat backend, streaming with usage, ignore_eos). Contenders
-run one at a time, in rounds (A B A B ...) so that the shared machine's drift hits both alike. It
-prints output tok/s and TTFT p50/p99 per contender and the ratio to `vllm serve`, and writes JSON
-with `vllm bench serve`'s own field names.
+run one at a time, in rounds (A B A B ...) so that the shared machine's drift hits both alike; each
+start serves every workload in turn (`--concurrency 32,64,128`, and `--one-token C`: 1-token requests
+at concurrency C, which measure per-request overhead alone). It prints per workload output tok/s,
+request/s and TTFT p50/p99 per contender and the ratio to `vllm serve`, and writes JSON with
+`vllm bench serve`'s own field names (one workload: `summary` and `runs` at the top, as before; several:
+under `workloads`, keyed `c64` or `c64-1tok`).
 """
 
 from __future__ import annotations
@@ -35,11 +39,12 @@ FIELDS = [
 ]
 
 
-def run_vllm_bench(server: Server, model: str, tokenizer: str, args, result_file: Path) -> dict:
+def run_vllm_bench(server: Server, model: str, tokenizer: str, args, result_file: Path,
+                   concurrency: int, output_len: int) -> dict:
     cmd = vllm_bench.random_command(
-        server.base_url, model, tokenizer, input_len=args.input_len, output_len=args.output_len,
+        server.base_url, model, tokenizer, input_len=args.input_len, output_len=output_len,
         num_prompts=args.num_prompts, seed=args.seed, warmups=args.warmups, result_file=result_file,
-        concurrency=args.concurrency)
+        concurrency=concurrency)
     before, client0 = cpu_account.snapshot(), cpu_account.children_cpu_s()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     cpu = cpu_account.diff(before, cpu_account.snapshot())
@@ -86,13 +91,62 @@ def parse_variant(text: str) -> tuple[str, dict, dict, int | None]:
     return label, env, overrides, client_port
 
 
+def _int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _workloads(args) -> list[tuple[str, int, int]]:
+    """(key, concurrency, output length) of each workload run on one server start."""
+    out = [(f"c{c}", c, args.output_len) for c in args.concurrency]
+    if args.one_token:
+        out.append((f"c{args.one_token}-1tok", args.one_token, 1))
+    return out
+
+
+def _summarize(runs: dict[str, list[dict]]) -> dict:
+    summary = {}
+    for name, rs in runs.items():
+        summary[name] = {k: statistics.median([r[k] for r in rs]) for k in FIELDS if rs and rs[0].get(k) is not None}
+        if rs:
+            summary[name]["serving_layer_cpu_ms_per_request"] = statistics.median(
+                r["serving_layer_cpu_ms_per_request"] for r in rs)
+    return summary
+
+
+def _print_table(summary: dict, title: str) -> None:
+    base = summary.get("vllm-serve")
+    print(f"\n{title}")
+    hdr = (f"{'contender':<28}{'out tok/s':>10}{'req/s':>8}{'x vllm':>8}{'TTFT p50':>10}{'TTFT p99':>10}"
+           f"{'TPOT p50':>10}{'ITL p50':>9}{'failed':>8}{'layer ms':>10}")
+    print(hdr)
+    print("-" * len(hdr))
+    for name, s in summary.items():
+        s = {k: (v if v is not None else float("nan")) for k, v in s.items()}
+        s = {k: s.get(k, float("nan")) for k in [*FIELDS, "serving_layer_cpu_ms_per_request"]}
+        ratio = s["output_throughput"] / base["output_throughput"] if base else float("nan")
+        print(f"{name:<28}{s['output_throughput']:>10.0f}{s['request_throughput']:>8.1f}{ratio:>8.2f}"
+              f"{s['median_ttft_ms']:>10.1f}{s['p99_ttft_ms']:>10.1f}{s['median_tpot_ms']:>10.1f}"
+              f"{s['median_itl_ms']:>9.1f}{s['failed']:>8.0f}{s['serving_layer_cpu_ms_per_request']:>10.1f}")
+    if base:
+        for name, s in summary.items():
+            if name != "vllm-serve":
+                print(f"{name}: throughput {s['output_throughput'] / base['output_throughput']:.3f}x vllm serve "
+                      f"(request/s {s['request_throughput'] / base['request_throughput']:.3f}x), "
+                      f"TTFT p50 {s['median_ttft_ms'] - base['median_ttft_ms']:+.1f} ms, serving layer "
+                      f"{s['serving_layer_cpu_ms_per_request']:.1f} ms CPU/request vs "
+                      f"{base['serving_layer_cpu_ms_per_request']:.1f}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(REPO / "serve_config.yaml"))
     ap.add_argument("--model", default=None,
                     help="serve this model instead of the config's first (builtin:tiny-llama, a HF id, a path)")
     ap.add_argument("--num-prompts", type=int, default=400)
-    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--concurrency", type=_int_list, default=[32],
+                    help="one or more, comma-separated (32,64,128): each is run on every server start")
+    ap.add_argument("--one-token", type=int, default=None, metavar="C",
+                    help="also run 1-token requests (output length 1) at concurrency C")
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--warmups", type=int, default=32)
@@ -123,60 +177,53 @@ def main(argv=None) -> None:
         contenders.append(Raygate(Path(args.config), args.port, logs, env=env, label=f"raygate[{label}]",
                                   overrides={**model, **overrides}, client_port=client_port))
 
-    runs: dict[str, list[dict]] = {c.name: [] for c in contenders}
+    workloads = _workloads(args)
+    runs: dict[str, dict[str, list[dict]]] = {key: {c.name: [] for c in contenders} for key, _, _ in workloads}
     for rnd in range(args.repeats):
         for c in contenders:
             print(f"[round {rnd + 1}/{args.repeats}] starting {c.name} ...", flush=True)
             c.start()
             try:
                 print(f"  ready after {c.ready_s:.0f} s; benchmarking", flush=True)
-                res = run_vllm_bench(c, spec.name, spec.path, args, logs / f"{c.name}-r{rnd}.json")
+                for key, concurrency, output_len in workloads:
+                    res = run_vllm_bench(c, spec.name, spec.path, args, logs / f"{c.name}-{key}-r{rnd}.json",
+                                         concurrency, output_len)
+                    r = {k: res.get(k) for k in FIELDS} | {"cpu_s_by_component": res["cpu_s_by_component"]}
+                    r["serving_layer_cpu_ms_per_request"] = layer_cpu_ms(r, args.warmups)
+                    runs[key][c.name].append(r)
+                    print(f"  {key}: {r['output_throughput']:.0f} tok/s, {r['request_throughput']:.1f} req/s, "
+                          f"TTFT p50 {r['median_ttft_ms']:.0f} ms, failed {r['failed']}", flush=True)
+                    print(f"  {key} CPU ms/request: {cpu_line(r, args.warmups)}", flush=True)
             finally:
                 c.stop()
-            runs[c.name].append({k: res.get(k) for k in FIELDS} | {"cpu_s_by_component": res["cpu_s_by_component"]})
-            runs[c.name][-1]["serving_layer_cpu_ms_per_request"] = layer_cpu_ms(runs[c.name][-1], args.warmups)
-            r = runs[c.name][-1]
-            print(f"  {r['output_throughput']:.0f} tok/s, TTFT p50 {r['median_ttft_ms']:.0f} ms, "
-                  f"failed {r['failed']}", flush=True)
-            print(f"  CPU ms/request: {cpu_line(r, args.warmups)}", flush=True)
 
-    summary = {}
-    for name, rs in runs.items():
-        summary[name] = {k: statistics.median([r[k] for r in rs]) for k in FIELDS if rs and rs[0].get(k) is not None}
-        if rs:
-            summary[name]["serving_layer_cpu_ms_per_request"] = statistics.median(
-                r["serving_layer_cpu_ms_per_request"] for r in rs)
-    base = summary.get("vllm-serve")
+    summaries = {key: _summarize(runs[key]) for key, _, _ in workloads}
     print()
     print(f"model: {spec.name} ({spec.path})")
-    print(f"workload: random {args.input_len} in / {args.output_len} out, concurrency {args.concurrency}, "
-          f"{args.num_prompts} prompts, ignore_eos, median of {args.repeats} round(s)")
-    hdr = f"{'contender':<28}{'out tok/s':>10}{'x vllm':>8}{'TTFT p50':>10}{'TTFT p99':>10}{'TPOT p50':>10}{'ITL p50':>9}{'failed':>8}"
-    print(hdr)
-    print("-" * len(hdr))
-    for name, s in summary.items():
-        ratio = s["output_throughput"] / base["output_throughput"] if base else float("nan")
-        print(f"{name:<28}{s['output_throughput']:>10.0f}{ratio:>8.2f}{s['median_ttft_ms']:>10.1f}"
-              f"{s['p99_ttft_ms']:>10.1f}{s['median_tpot_ms']:>10.1f}{s['median_itl_ms']:>9.1f}{s['failed']:>8.0f}")
-    if base:
-        for name, s in summary.items():
-            if name != "vllm-serve":
-                print(f"{name}: throughput {s['output_throughput'] / base['output_throughput']:.3f}x vllm serve, "
-                      f"TTFT p50 {s['median_ttft_ms'] - base['median_ttft_ms']:+.1f} ms, serving layer "
-                      f"{s['serving_layer_cpu_ms_per_request']:.1f} ms CPU/request vs "
-                      f"{base['serving_layer_cpu_ms_per_request']:.1f}")
-    print("\nCPU per request by component (ms; all requests incl. warm-ups; last round):")
-    for name, rs in runs.items():
-        print(f"  {name}: {cpu_line(rs[-1], args.warmups)}")
-    out.write_text(json.dumps({
+    for key, concurrency, output_len in workloads:
+        _print_table(summaries[key], f"workload {key}: random {args.input_len} in / {output_len} out, concurrency "
+                                     f"{concurrency}, {args.num_prompts} prompts, ignore_eos, median of "
+                                     f"{args.repeats} round(s)")
+        print(f"CPU per request by component (ms; all requests incl. warm-ups; last round), {key}:")
+        for name, rs in runs[key].items():
+            print(f"  {name}: {cpu_line(rs[-1], args.warmups)}")
+
+    def workload_json(key, concurrency, output_len):
+        return {"workload": {"input_len": args.input_len, "output_len": output_len, "concurrency": concurrency,
+                             "num_prompts": args.num_prompts, "dataset": "random", "ignore_eos": True},
+                "summary": summaries[key], "runs": runs[key]}
+
+    doc = {
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": machine(),
-        "workload": {"input_len": args.input_len, "output_len": args.output_len, "concurrency": args.concurrency,
-                     "num_prompts": args.num_prompts, "dataset": "random", "ignore_eos": True},
         "model": {"name": spec.name, "path": spec.path, "engine_args": spec.engine_args},
-        "summary": summary, "runs": runs,
-    }, indent=2))
+    }
+    if len(workloads) == 1:
+        doc |= workload_json(*workloads[0])
+    else:
+        doc["workloads"] = {key: workload_json(key, c, o) for key, c, o in workloads}
+    out.write_text(json.dumps(doc, indent=2))
     print(f"\nJSON: {out}")
 
 

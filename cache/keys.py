@@ -15,7 +15,10 @@ holds one is never matched by meaning.
 
 Fields that change only the framing of the response (`stream`, `stream_options`, `stream_interval`,
 `user`, vLLM's per-request `request_id`) are left out, so a streamed request can be served from a
-non-streamed entry and back (cache/responses.py frames the answer as the request asks). Requests
+non-streamed entry and back (cache/responses.py frames the answer as the request asks). Except with
+tools offered (tool_choice other than "none"): vLLM writes a tool call's arguments differently
+streamed (the model's own text, `{\n    "city": "Paris"\n}`) and whole (re-serialized, `{"city":
+"Paris"}`), so there `stream` is part of the scope and each framing gets its own entries. Requests
 whose answers carry per-token data that entries do not keep (logprobs, including `logprobs: 0` on
 completions, which returns the sampled tokens' logprobs; echo; token ids) are not cached at all.
 """
@@ -106,6 +109,8 @@ def plan(kind: RequestKind, request: Any, options: RequestCacheOptions, config: 
         last = answer_fields.pop("prompt")
         query = last if isinstance(last, str) else None
         context = []
+    if answer_fields.get("tools") and getattr(request, "tool_choice", None) != "none":
+        answer_fields["stream"] = bool(getattr(request, "stream", False))  # see the module docstring
     scope = digest({"kind": RequestKind(kind).value, "tenant": tenant, "fields": answer_fields, "context": context})
     exact_key = digest({"scope": scope, "last": last})
     ttl = min(options.ttl or config.ttl_s, config.max_ttl_s)

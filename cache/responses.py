@@ -45,14 +45,19 @@ def _new_id(kind: str) -> str:
     return ("chatcmpl-" if kind == CHAT else "cmpl-") + uuid.uuid4().hex
 
 
-def storable(body: dict) -> bool:
-    """Only complete answers are cached: text or tool calls, never a cut-off or failed generation,
-    nor per-token data an entry would replay without (logprobs)."""
+def storable(body: dict, tools: bool = False) -> bool:
+    """Only complete answers are cached: text or tool calls, never a failed generation, nor per-token
+    data an entry would replay without (logprobs). `tools`: the request offered tools; then an answer
+    cut at max_tokens is not stored either, since vLLM itself answers it two ways -- streamed, the
+    parser has already turned the partial call into tool-call deltas; whole, the same tokens come back
+    as raw `<tool_call>` text -- so an entry stored one way would answer the other way wrong."""
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         return False
     for choice in choices:
         if choice.get("finish_reason") not in _COMPLETE or choice.get("logprobs") is not None:
+            return False
+        if tools and choice.get("finish_reason") == "length":
             return False
         message = choice.get("message")
         if message is not None and message.get("content") is None and not message.get("tool_calls"):
@@ -72,56 +77,74 @@ def _sse(model: Any) -> str:
     return f"data: {model.model_dump_json(exclude_unset=True)}\n\n"
 
 
-def _chat_chunks(base: dict, choice: dict) -> Iterator[str]:
+def _chat_chunks(base: dict, choice: dict, fingerprint: Optional[str]) -> Iterator[str]:
+    # The fields vLLM 0.32 sets explicitly (so dumped though null), chunk by chunk: the role chunk
+    # carries prompt_token_ids and prompt_text, the others token_ids, the finish chunk stop_reason.
     i = choice.get("index", 0)
     message = choice.get("message") or {}
 
-    def chunk(delta: DeltaMessage, **extra) -> str:
-        return _sse(ChatCompletionStreamResponse(**base, choices=[ChatCompletionResponseStreamChoice(
-            index=i, delta=delta, logprobs=None, **extra)]))
+    def chunk(delta: DeltaMessage, head: Optional[dict] = None, **extra) -> str:
+        stamp = {"system_fingerprint": fingerprint} if fingerprint and extra.get("finish_reason") else {}
+        return _sse(ChatCompletionStreamResponse(
+            **base, object="chat.completion.chunk", **(head or {}), **stamp,
+            choices=[ChatCompletionResponseStreamChoice(index=i, delta=delta, logprobs=None, **extra)]))
 
-    yield chunk(DeltaMessage(role=message.get("role") or "assistant", content=""), finish_reason=None)
+    yield chunk(DeltaMessage(role=message.get("role") or "assistant", content=""),
+                head={"prompt_token_ids": None, "prompt_text": None}, finish_reason=None)
     if message.get("reasoning"):
-        yield chunk(DeltaMessage(reasoning=message["reasoning"]), finish_reason=None)
+        yield chunk(DeltaMessage(reasoning=message["reasoning"]), finish_reason=None, token_ids=None)
     if message.get("content"):
-        yield chunk(DeltaMessage(content=message["content"]), finish_reason=None)
+        yield chunk(DeltaMessage(content=message["content"]), finish_reason=None, token_ids=None)
     for k, call in enumerate(message.get("tool_calls") or []):
         fn = call.get("function") or {}
         yield chunk(DeltaMessage(tool_calls=[DeltaToolCall(
             id=call.get("id"), type="function", index=k,
             function=DeltaFunctionCall(name=fn.get("name"), arguments=fn.get("arguments") or ""))]),
-            finish_reason=None)
-    yield chunk(DeltaMessage(), finish_reason=choice.get("finish_reason"), stop_reason=choice.get("stop_reason"))
+            finish_reason=None, token_ids=None)
+    yield chunk(DeltaMessage(), finish_reason=choice.get("finish_reason"), stop_reason=choice.get("stop_reason"),
+                token_ids=None)
 
 
-def _completion_chunks(base: dict, choice: dict) -> Iterator[str]:
+def _completion_chunks(base: dict, choice: dict, fingerprint: Optional[str]) -> Iterator[str]:
     i = choice.get("index", 0)
     for text, finish, stop in ((choice.get("text") or "", None, None),
                                ("", choice.get("finish_reason"), choice.get("stop_reason"))):
-        yield _sse(CompletionStreamResponse(**base, choices=[CompletionResponseStreamChoice(
-            index=i, text=text, logprobs=None, finish_reason=finish, stop_reason=stop)]))
+        stamp = {"system_fingerprint": fingerprint} if fingerprint and finish else {}
+        yield _sse(CompletionStreamResponse(**base, object="text_completion", **stamp, choices=[
+            CompletionResponseStreamChoice(index=i, text=text, logprobs=None, finish_reason=finish, stop_reason=stop,
+                                           prompt_token_ids=None, token_ids=None)]))
 
 
 def as_sse(kind: str, entry: dict, include_usage: bool) -> Iterator[str]:
-    """A stored body as the SSE events of a live stream, framed as vLLM frames them."""
+    """A stored body as the SSE events of a live stream, framed as vLLM frames them. The
+    `system_fingerprint` goes where vLLM puts it: on each choice's finish chunk, or (include_usage)
+    on the usage chunk only, the stream's true last message."""
     base = {"id": _new_id(kind), "created": int(time.time()), "model": entry.get("model")}
+    fingerprint = entry.get("system_fingerprint")
+    usage_last = include_usage and entry.get("usage") is not None
     for choice in entry["choices"]:
-        yield from (_chat_chunks if kind == CHAT else _completion_chunks)(base, choice)
-    if include_usage and entry.get("usage") is not None:
+        yield from (_chat_chunks if kind == CHAT else _completion_chunks)(
+            base, choice, None if usage_last else fingerprint)
+    if usage_last:
         usage = UsageInfo(**{k: v for k, v in entry["usage"].items() if v is not None})
         cls = ChatCompletionStreamResponse if kind == CHAT else CompletionStreamResponse
-        yield f"data: {cls(**base, choices=[], usage=usage).model_dump_json(exclude_unset=True, exclude_none=True)}\n\n"
+        stamp = {"system_fingerprint": fingerprint} if fingerprint else {}
+        obj = "chat.completion.chunk" if kind == CHAT else "text_completion"
+        last = cls(**base, object=obj, **stamp, choices=[], usage=usage)
+        yield f"data: {last.model_dump_json(exclude_unset=True, exclude_none=True)}\n\n"
     yield "data: [DONE]\n\n"
 
 
 class StreamCollector:
     """Folds a live stream's SSE events into the body a non-streaming request would have received."""
 
-    def __init__(self, kind: str, forced_tools: bool = False):
+    def __init__(self, kind: str, forced_tools: bool = False, tools: bool = False):
         """`forced_tools`: the request's tool_choice was "required" or a named function, for which vLLM
-        answers `content: ""` beside the calls (None when "auto" produced them)."""
+        answers `content: ""` beside the calls (None when "auto" produced them). `tools`: the request
+        offered tools (see `storable`)."""
         self.kind = kind
         self.forced_tools = forced_tools
+        self.tools = tools or forced_tools
         self.head: dict[str, Any] = {}
         self.choices: dict[int, dict[str, Any]] = {}
         self.usage: Optional[dict] = None
@@ -159,6 +182,8 @@ class StreamCollector:
             return
         if not self.head:
             self.head = {k: obj.get(k) for k in ("id", "created", "model")}
+        if obj.get("system_fingerprint"):  # on the finish or usage chunks only (vLLM 0.32)
+            self.head["system_fingerprint"] = obj["system_fingerprint"]
         if obj.get("usage"):
             self.usage = obj["usage"]
         for c in obj.get("choices") or []:
@@ -209,4 +234,4 @@ class StreamCollector:
                 CompletionResponseChoice(index=i, text=s["text"], logprobs=None, finish_reason=s["finish_reason"],
                                          stop_reason=s["stop_reason"]) for i, s in sorted(self.choices.items())])
         out = json.loads(body.model_dump_json())
-        return out if storable(out) else None
+        return out if storable(out, tools=self.tools) else None

@@ -148,11 +148,14 @@ class ModelConfig(BaseModel):
     # Tool calling and reasoning, with vLLM's names and values (`vllm serve --enable-auto-tool-choice
     # --tool-call-parser hermes --reasoning-parser ... --chat-template ...`). `chat_template`: a file
     # (absolute, or relative to the raygate checkout) or the template itself; None: the tokenizer's.
-    # `tool_choice` "required" and a named function work without a parser (vLLM's structured
-    # outputs); "auto" needs `enable_auto_tool_choice` and a parser matching the chat template.
+    # `tool_choice` "required" and a named function need `tool_call_parser` (vLLM 0.32 refuses them
+    # without one); "auto" needs `enable_auto_tool_choice` too, with a parser matching the chat
+    # template. `tool_strict_level` (`--tool-strict-level`): "auto" holds a forced call's arguments to
+    # the tool's schema only for tools sent with `strict: true`; "parameter" does it for every tool.
     chat_template: Optional[str] = None
     enable_auto_tool_choice: bool = False
     tool_call_parser: Optional[str] = None
+    tool_strict_level: Literal["auto", "function", "parameter"] = "auto"
     reasoning_parser: Optional[str] = None
     engine_args: EngineArgs = Field(default_factory=EngineArgs)
     # The engine behind the replica (deployments/engine_protocol.py): vLLM, or the stand-in that emits

@@ -151,6 +151,12 @@ class VLLMEngine(Engine):
             request_logger=None,
             chat_template=template,
             chat_template_content_format="auto",
+            # The renderer, not OpenAIServingChat, refuses tool_choice auto/required/named when it has no
+            # parser (vLLM 0.32): both get the same tool and reasoning settings, as in `vllm serve`.
+            enable_auto_tools=cfg.enable_auto_tool_choice,
+            tool_parser=cfg.tool_call_parser,
+            tool_strict_level=cfg.tool_strict_level,
+            reasoning_parser=cfg.reasoning_parser or "",
         )
         renderer.warmup()
         self.chat_serving = OpenAIServingChat(
@@ -163,6 +169,7 @@ class VLLMEngine(Engine):
             chat_template_content_format="auto",
             enable_auto_tools=cfg.enable_auto_tool_choice,
             tool_parser=cfg.tool_call_parser,
+            tool_strict_level=cfg.tool_strict_level,
             reasoning_parser=cfg.reasoning_parser or "",
         )
         self.multimodal = bool(getattr(engine.model_config, "is_multimodal_model", False))
@@ -178,6 +185,9 @@ class VLLMEngine(Engine):
         kwargs.update(model=model_path, served_model_name=[cfg.name])
         if cfg.tokenizer:
             kwargs["tokenizer"] = cfg.tokenizer
+        if cfg.reasoning_parser:
+            # An engine argument too in `vllm serve`: structured outputs start after the reasoning ends.
+            kwargs["reasoning_parser"] = cfg.reasoning_parser
         placement = replica_placement(cfg)
         if placement.executor is not None:
             kwargs["distributed_executor_backend"] = placement.executor

@@ -57,7 +57,18 @@ def _sse_error_reply(chunk: str) -> Optional[Reply]:
 
 
 class EngineUnavailable(RuntimeError):
-    """This replica's engine was stopped (stalled) and the replica awaits replacement."""
+    """This replica's engine was stopped (stalled) and the replica awaits replacement.
+
+    `replica`: the replica's unique id, so that the ingress can tell its router to skip it at once
+    (the routing stats that say so reach routers only every request_routing_stats_period_s)."""
+
+    def __init__(self, reason: str, replica: Optional[str] = None):
+        super().__init__(reason, replica)
+        self.reason = reason
+        self.replica = replica
+
+    def __str__(self) -> str:
+        return f"replica {self.replica}: {self.reason}" if self.replica else self.reason
 
 
 class LLMServer:
@@ -142,7 +153,7 @@ class LLMServer:
         Serve's queues counts against it too. Raises `EngineUnavailable` when the engine was stopped as
         stalled (the ingress retries elsewhere)."""
         if self._unhealthy is not None:
-            raise EngineUnavailable(self._unhealthy)
+            raise EngineUnavailable(self._unhealthy, self._replica_id)
         if deadline is not None and time.time() >= deadline:
             DEADLINE_DROPS.inc(tags={"model": self._cfg.name, "stage": "replica"})
             msg = "The request's deadline passed before it reached the engine."
@@ -227,7 +238,7 @@ class LLMServer:
     async def check_health(self) -> None:
         """Raises (with the reason) when the engine stalled or its own health check fails."""
         if self._unhealthy is not None:
-            raise EngineUnavailable(f"replica {self._replica_id}: {self._unhealthy}")
+            raise EngineUnavailable(self._unhealthy, self._replica_id)
         await self._engine.check_health()
 
     def __del__(self):

@@ -29,7 +29,7 @@ from common.errors import APIError, error_body
 from deployments import serving_metrics
 from deployments.admission import AdmissionGate, Slot
 from deployments.config import ModelConfig, llm_deployment_name
-from deployments.llm_server import Reply
+from deployments.llm_server import EngineUnavailable, Reply
 from deployments.rate_limits import TenantRateLimiter
 from deployments.request_controls import RequestControls
 from deployments.request_view import RequestView
@@ -139,12 +139,15 @@ class ModelCaller:
                 logger.info("response %s status=%d body=%s", ctx.request_id, head.status, head.body)
             if write_back is not None:
                 body = json.loads(head.body) if head.status == 200 else None
-                write_back.finish(body if body is not None and storable(body) else None, head.body)
+                offered_tools = bool(getattr(request, "tools", None))
+                write_back.finish(body if body is not None and storable(body, tools=offered_tools) else None,
+                                  head.body)
             return Response(head.body, status_code=head.status, media_type="application/json", headers=headers)
         tap = None
         if write_back is not None:
             forced = getattr(request, "tool_choice", None) not in (None, "none", "auto")
-            tap = _StreamTap(StreamCollector(ctx.view.kind, forced_tools=forced), strip_usage, write_back)
+            tap = _StreamTap(StreamCollector(ctx.view.kind, forced_tools=forced,
+                                             tools=bool(getattr(request, "tools", None))), strip_usage, write_back)
         return SSEResponse(self._relay(head.body, stream, slot, tap), headers=headers)
 
     async def _first_reply(self, ctx: RequestContext, request) -> tuple[DeploymentResponseGenerator, Reply, int]:
@@ -183,6 +186,12 @@ class ModelCaller:
                     raise APIError(504, f"Model `{model}` did not start answering within the request's "
                                         f"{'deadline' if deadline is not None else 'time-to-first-token limit'}; "
                                         "the request was aborted.", retry_after_s=RETRY_AFTER_S) from None
+                if isinstance(e, EngineUnavailable) and getattr(e, "replica", None):
+                    # Its retries (and the next requests) must not go back to it before its routing
+                    # stats say the same (router/request_router.py mark_unavailable).
+                    router = registry.find(llm_deployment_name(model))
+                    if router is not None:
+                        router.mark_unavailable(e.replica)
                 retryable = not isinstance(e, (BackPressureError, DeploymentUnavailableError, RequestCancelledError))
                 expired = deadline is not None and time.time() >= deadline
                 if not retryable or attempt == retries or expired:

@@ -43,6 +43,9 @@ PIN_KWARG = "replica"  # a replica's unique id: admin calls that must reach one 
 _MAX_UNROUTED = 10_000
 # An assignment whose send has not followed within this long was cancelled in between: forget it.
 _ASSIGNED_TTL_S = 2.0
+# How long a replica that answered "engine unavailable" is skipped by this router: until its own
+# routing stats say so (every request_routing_stats_period_s) or Serve replaces it, whichever first.
+UNAVAILABLE_SKIP_S = 60.0
 
 
 def _request(pending: PendingRequest) -> Optional[Any]:
@@ -62,7 +65,24 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         self._decisions: OrderedDict[str, Decision] = OrderedDict()
         self._deployment = self._deployment_id.name if self._deployment_id else ""
         self._assigned: defaultdict[ReplicaID, deque[float]] = defaultdict(deque)  # assigned, not yet sent
+        self._unavailable: dict[str, float] = {}  # replica unique id -> skipped until (monotonic)
         registry.register(self)
+
+    def mark_unavailable(self, replica_unique_id: str, for_s: float = UNAVAILABLE_SKIP_S) -> None:
+        """A replica refused a request because its engine is gone (the ingress saw EngineUnavailable):
+        route nothing more to it while another replica can take the request, starting now. Its routing
+        stats say the same, but reach this router only every request_routing_stats_period_s: without
+        this, the retries of the very request that found it could be sent back to it."""
+        self._unavailable[replica_unique_id] = time.monotonic() + for_s
+
+    def _skipped(self, replica: RunningReplica, now: float) -> bool:
+        if (replica.routing_stats or {}).get(UNHEALTHY_STAT):
+            return True
+        until = self._unavailable.get(replica.replica_id.unique_id)
+        if until is not None and now >= until:
+            del self._unavailable[replica.replica_id.unique_id]
+            return False
+        return until is not None
 
     @property
     def deployment_name(self) -> str:
@@ -84,9 +104,11 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         pinned = pending_request.kwargs.get(PIN_KWARG)
         if pinned is not None:
             return [[r for r in candidate_replicas if r.replica_id.unique_id == pinned]]
-        # A replica that reports itself unhealthy (its engine stalled: deployments/engine_watchdog.py)
-        # gets nothing while another can take the request; Serve replaces it after its health checks.
-        healthy = [r for r in candidate_replicas if not (r.routing_stats or {}).get(UNHEALTHY_STAT)]
+        # A replica that reports itself unhealthy (its engine stalled: deployments/engine_watchdog.py),
+        # or that just refused a request for that reason, gets nothing while another can take the
+        # request; Serve replaces it after its health checks.
+        now = time.monotonic()
+        healthy = [r for r in candidate_replicas if not self._skipped(r, now)]
         candidate_replicas = healthy or candidate_replicas
         request = _request(pending_request)
         text = routing_text(request) if request is not None else ""
@@ -137,4 +159,5 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self._assigned.pop(replica_id, None)
+        self._unavailable.pop(replica_id.unique_id, None)
         self.policy.forget(replica_id)

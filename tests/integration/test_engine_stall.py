@@ -5,7 +5,8 @@ whose `VLLM::EngineCore` is then stopped with SIGSTOP (a hung step, as a stuck a
 deadlocked collective would leave it). Within the stall timeout plus the watchdog's period the
 stream ends with an SSE error event, the replica says why it is unhealthy, the frozen process is
 gone (killed, not left stopped), requests keep being answered by the other replica, and Serve
-replaces the frozen one.
+replaces the frozen one. While every engine is frozen, a request with `x-raygate-timeout-ms: 1500` is answered
+with 504 at its deadline.
 """
 
 import json
@@ -59,6 +60,25 @@ def test_a_frozen_engine_is_killed_its_stream_ends_with_an_error_and_its_replica
             frozen_pid = _engine_core(engine_pids)
             os.kill(frozen_pid, signal.SIGSTOP)
             frozen_at = time.monotonic()
+            # A request with a 1.5 s deadline while every engine is frozen (the other replica's for a
+            # moment too, so that the router has no live engine to send it to) is answered at its
+            # deadline, not held: 504 with the call cancelled (deployments/model_call.py), where it once
+            # hung as long as the freeze. The other engine is thawed well within the 5 s stall timeout.
+            other = next(r for r in before if r != target)
+            paused_pid = _engine_core([p for p in infos[other]["engine_pids"] if _alive(p)])
+            os.kill(paused_pid, signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                late = httpx.post(base_url + "/v1/chat/completions", timeout=30,
+                                  headers={"x-raygate-timeout-ms": "1500"},
+                                  json={"model": routed_model, "max_tokens": 4, "cache": {"mode": "off"},
+                                        "messages": [{"role": "user", "content": f"deadline {time.time_ns()}"}]})
+                took = time.monotonic() - t0
+            finally:
+                os.kill(paused_pid, signal.SIGCONT)
+            assert late.status_code == 504, (late.status_code, late.text[:200])
+            assert "deadline" in late.json()["error"]["message"], late.text
+            assert 1.4 < took < 3.0, f"answered {took:.2f} s after it was sent, with a 1.5 s deadline"
             events = [line[6:] for line in lines if line.startswith("data: ")]
             ended_after = time.monotonic() - frozen_at
         # The stream ended with an error event and [DONE], within the stall timeout (5 s) plus the

@@ -251,3 +251,49 @@ def test_prompts_and_completions_stay_out_of_the_logs(secure_url):
                 if secret.encode() in f.read():
                     leaked.append(path)
     assert not leaked, leaked
+
+
+def test_cache_hits_cost_no_tokens(secure_url):
+    """`frugal` has FRUGAL_TPM (100) tokens a minute; a request is charged its estimated tokens (prompt
+    and max_tokens, more than 10 here) when it goes to a model. Twenty cache hits of one answer, charged
+    even 5 tokens each, would spend the whole budget; charged nothing, they leave it to new questions,
+    several of which then go through before the budget (live: it does refuse) is spent."""
+    body = chat(f"frugal question {uuid.uuid4().hex[:8]}", max_tokens=8)
+    label, _ = _ask(secure_url, "frugal", body)
+    assert label in ("miss", "bypass")
+    label, _ = _until_hit(secure_url, "frugal", body)
+    assert label == "hit-exact"
+    for _ in range(20):
+        r = httpx.post(secure_url + "/v1/chat/completions", json=body, headers=auth("frugal"), timeout=60)
+        assert r.status_code == 200 and r.headers["x-raygate-cache"] == "hit-exact", (r.status_code, r.text)
+    codes = []
+    for i in range(FRUGAL_TPM // 4):
+        r = httpx.post(secure_url + "/v1/chat/completions", headers=auth("frugal"), timeout=60,
+                       json=chat(f"new frugal question {i} {uuid.uuid4().hex[:8]}", max_tokens=8))
+        codes.append(r.status_code)
+        if r.status_code == 429:
+            assert_error(r, 429, "tokens per minute")
+            break
+    assert codes[-1] == 429 and codes.count(200) >= 3, codes
+
+
+def test_payloads_are_logged_when_log_payloads_is_on(base_url, model_name):
+    """The main test app has `ingress.log_payloads: true`: its ingress logs the prompt under raygate's
+    request id with the client's x-request-id beside it, and the answer under raygate's id."""
+    marker = f"logged-{uuid.uuid4().hex}"
+    r = httpx.post(base_url + "/v1/chat/completions", timeout=60, headers={"x-request-id": marker},
+                   json={"model": model_name, "messages": [{"role": "user", "content": f"say {marker}"}],
+                         "max_tokens": 4, "cache": {"mode": "off"}})
+    assert r.status_code == 200
+    ours = r.headers["x-raygate-request-id"]
+    assert ours != marker
+    deadline = time.monotonic() + 15
+    while True:
+        requests = [line for line in _log_lines_with(f"client-id={marker}") if f"request {ours}" in line]
+        responses = [line for line in _log_lines_with(f"response {ours}")]
+        if requests and responses:
+            break
+        assert time.monotonic() < deadline, f"the payload was not logged: {requests} {responses}"
+        time.sleep(0.5)
+    assert f"say {marker}" in requests[0]  # the prompt
+    assert "status=200" in responses[0] and r.json()["id"] in responses[0]  # the completion's body

@@ -196,9 +196,16 @@ def _framing_apart(draw):
     for name in draw(st.sets(st.sampled_from(sorted(_FIELDS[kind])), max_size=3)):
         base[name] = draw(_FIELDS[kind][name])
 
+    # With tools offered, `stream` changes the answer (vLLM writes a call's arguments differently
+    # streamed and whole): both requests then share it, and only the rest of the framing differs.
+    with_tools = bool(base.get("tools")) and base.get("tool_choice") != "none"
+    shared_stream = draw(st.booleans())
+
     def framing():
         out = {}
-        if draw(st.booleans()):
+        if with_tools:
+            out["stream"] = shared_stream
+        elif draw(st.booleans()):
             out["stream"] = draw(st.booleans())
         if out.get("stream") and draw(st.booleans()):
             out["stream_options"] = {"include_usage": draw(st.booleans())}
@@ -215,3 +222,15 @@ def test_property_requests_apart_only_in_framing_share_the_key(case):
     kind, a, b = case
     on = RequestCacheOptions(mode="on")
     assert plan(kind, a, on).exact_key == plan(kind, b, on).exact_key
+
+
+def test_with_tools_offered_streamed_and_whole_answers_are_stored_apart():
+    """vLLM writes a tool call's arguments as the model's text when streaming and re-serialized when
+    not: a streamed request must never get an entry a whole one stored, nor the reverse."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    for choice in ("auto", "required", {"type": "function", "function": {"name": "f"}}):
+        body = chat(tools=tools, tool_choice=choice)
+        assert plan("chat", {**body, "stream": True}).exact_key != plan("chat", {**body, "stream": False}).exact_key
+        assert plan("chat", {**body, "stream": False}).exact_key == plan("chat", body).exact_key
+    body = chat(tools=tools, tool_choice="none")  # no call can come back: framing only
+    assert plan("chat", {**body, "stream": True}).exact_key == plan("chat", body).exact_key

@@ -135,3 +135,55 @@ def test_forced_tool_calls_fold_with_the_empty_content_vllm_answers():
     for chunk in as_sse("chat", forced, include_usage=True):
         c.feed(chunk)
     assert same_answer(c.result(), forced)
+
+
+def test_the_system_fingerprint_survives_a_streamed_store_and_goes_where_vllm_puts_it():
+    # vLLM stamps system_fingerprint on every non-streamed answer, and in a stream on the finish chunks
+    # (no include_usage) or on the usage chunk only. An entry folded from a stream lost it once.
+    for kind, body in (("chat", dict(CHAT_BODY, system_fingerprint="vllm-0.32")),
+                       ("completion", json.loads(CompletionResponse(
+                           id="cmpl-1", created=1, model="m", usage=USAGE, system_fingerprint="vllm-0.32",
+                           choices=[CompletionResponseChoice(index=0, text="Hi", finish_reason="stop")]
+                       ).model_dump_json()))):
+        plain = events(as_sse(kind, body, include_usage=False))
+        assert [bool(e["choices"][0]["finish_reason"]) for e in plain if "system_fingerprint" in e] == [True]
+        with_usage = events(as_sse(kind, body, include_usage=True))
+        assert [e["choices"] for e in with_usage if "system_fingerprint" in e] == [[]]
+        for include_usage in (False, True):
+            folded, _ = fold(kind, as_sse(kind, body, include_usage=include_usage))
+            assert folded is None or folded["system_fingerprint"] == "vllm-0.32"
+        folded, _ = fold(kind, as_sse(kind, body, include_usage=True))
+        assert same_answer(folded, body)
+
+
+def test_replayed_chunks_carry_the_fields_vllm_sets_on_its_own():
+    # vLLM 0.32's chunks, as read off a live stream: "object" on every event; the chat role chunk with
+    # prompt_token_ids and prompt_text, later chat choices with token_ids; completion choices with
+    # stop_reason, prompt_token_ids and token_ids. A replay once lacked "object" (dumped exclude_unset).
+    chat = events(as_sse("chat", CHAT_BODY, include_usage=True))
+    assert {e["object"] for e in chat} == {"chat.completion.chunk"}
+    assert {"prompt_token_ids", "prompt_text"} <= set(chat[0])
+    assert all("token_ids" in c for e in chat[1:] for c in e["choices"])
+    body = json.loads(CompletionResponse(id="cmpl-1", created=1, model="m", usage=USAGE, choices=[
+        CompletionResponseChoice(index=0, text="Hi", finish_reason="stop")]).model_dump_json())
+    completion = events(as_sse("completion", body, include_usage=True))
+    assert {e["object"] for e in completion} == {"text_completion"}
+    for e in completion:
+        for c in e["choices"]:
+            assert set(c) == {"index", "text", "logprobs", "finish_reason", "stop_reason", "prompt_token_ids",
+                              "token_ids"}
+
+
+def test_an_answer_cut_at_max_tokens_is_not_stored_when_the_request_offered_tools():
+    # vLLM answers a tool call cut at max_tokens two ways: streamed as tool-call deltas, whole as raw
+    # "<tool_call>" text. Stored one way, it would answer the other way differently from the model.
+    cut_text = chat_body(ChatMessage(role="assistant", content='<tool_call>\n{"name": "get_weather"'),
+                         finish="length")
+    assert storable(cut_text) and not storable(cut_text, tools=True)
+    assert storable(TOOL_BODY, tools=True)  # a complete call is stored
+    for tools, stored in ((False, True), (True, False)):
+        c = StreamCollector("chat", tools=tools)
+        for chunk in as_sse("chat", chat_body(ChatMessage(role="assistant", content="Hi"), finish="length"),
+                            include_usage=True):
+            c.feed(chunk)
+        assert (c.result() is not None) == stored

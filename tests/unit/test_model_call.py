@@ -90,3 +90,42 @@ async def test_no_running_replica_is_a_503_at_once(monkeypatch):
     with pytest.raises(APIError) as e:
         await asyncio.wait_for(_caller(cfg, handle)._first_reply(_ctx(cfg, False, None), None), 1)
     assert e.value.status == 503 and e.value.retry_after_s and not handle.calls
+
+
+async def test_a_replica_whose_engine_is_gone_is_marked_in_the_router_before_the_retry(monkeypatch):
+    """EngineUnavailable names the replica; the ingress tells its router to skip it before retrying,
+    so that the retry cannot be routed back to it (its routing stats come only every 2 s)."""
+    from deployments.llm_server import EngineUnavailable
+    from router import registry
+
+    marked: list[str] = []
+
+    class Router:
+        replicas_known, curr_replicas = True, ["r1", "r2"]
+
+        def mark_unavailable(self, replica):
+            marked.append(replica)
+
+    class _Refuses(_NeverAnswers):
+        def __init__(self, replica):
+            super().__init__()
+            self.replica = replica
+
+        def __anext__(self):
+            f = asyncio.get_running_loop().create_future()
+            f.set_exception(EngineUnavailable("engine stalled", self.replica))
+            return f
+
+    class _Handle2(_Handle):
+        def remote(self, *args, **kwargs):
+            self.calls.append(_Refuses(f"r{len(self.calls) + 1}"))
+            return self.calls[-1]
+
+    monkeypatch.setattr(registry, "find", lambda name: Router())
+    monkeypatch.setattr("deployments.model_call._RETRY_BACKOFF_S", 0.0)
+    cfg = ModelConfig(served_model_name="m", retries=1)
+    handle = _Handle2()
+    with pytest.raises(APIError) as e:
+        await asyncio.wait_for(_caller(cfg, handle)._first_reply(_ctx(cfg, False, None), None), 5)
+    assert e.value.status == 503 and "EngineUnavailable" in e.value.message
+    assert marked == ["r1", "r2"] and len(handle.calls) == 2

@@ -134,3 +134,33 @@ def test_a_session_id_in_the_request_metadata_keeps_a_conversation_on_its_replic
 
     chosen = asyncio.run(main())
     assert len(set(chosen)) == 1, chosen
+
+
+def test_a_replica_that_refused_for_a_lost_engine_is_skipped_at_once_and_not_forever():
+    """The ingress marks a replica whose engine is gone (EngineUnavailable) before its routing stats
+    can say so; requests, the refused one's retries among them, go elsewhere, even with the prefix
+    and the session pointing at it, until the mark expires. Its own stats skip it the same way. With
+    every replica skipped, requests still go somewhere (Serve replaces the replicas)."""
+
+    async def main():
+        router = _router()
+        replicas = [StandInReplica("a"), StandInReplica("b")]
+        router.update_replicas(replicas)
+        await asyncio.sleep(0.05)
+        first = await _route(router, _request("q", session_id="s1"))
+        pinned = first[0].replica_id.unique_id
+        other = "b" if pinned == "a" else "a"
+        router.mark_unavailable(pinned, for_s=0.3)
+        routed = await _route(router, *(_request("q", session_id="s1") for _ in range(6)))
+        assert {r.replica_id.unique_id for r in routed} == {other}
+        await asyncio.sleep(0.35)
+        again = await _route(router, _request("q", session_id="s1"))
+        assert again[0].replica_id.unique_id == pinned  # the mark expired; the session's replica again
+        next(r for r in replicas if r.replica_id.unique_id == other).routing_stats = {"unhealthy": "stalled"}
+        routed = await _route(router, *(_request(f"new {i}") for i in range(4)))
+        assert {r.replica_id.unique_id for r in routed} == {pinned}
+        router.mark_unavailable(pinned)
+        routed = await _route(router, _request("all skipped"))
+        assert routed[0].replica_id.unique_id in {"a", "b"}
+
+    asyncio.run(main())
