@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from bench.report import write_json
+from bench.report import add_out_arg, write_result
 from bench.servers import REPO, Raygate, add_model_arg, config_for_model, free_port
 
 POLICY = {"policy_function": "deployments.autoscaling:QueueLengthPolicy",
@@ -178,7 +178,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--upscale-delay-s", type=float, default=5)
     p.add_argument("--downscale-delay-s", type=float, default=30)
     p.add_argument("--metrics-interval-s", type=float, default=0.5, help="how often load is reported to Serve")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "autoscaling.json")
+    add_out_arg(p, "autoscaling")
     args = p.parse_args(argv)
     args.config = config_for_model(Path(args.config), args.model)
     import ray
@@ -288,7 +288,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     for s in samples[:: max(1, len(samples) // 40)]:
         print(f"{s['t']:>6.0f} {s.get('running', '-'):>8} {s.get('starting', '-'):>9} "
               f"{s.get('engine_running', '-'):>11} {s.get('engine_waiting', '-'):>8}")
-    write_json(args.out, results)
+    write_result(args.out, results, "bench.autoscaling", argv)
     print(f"plot: {png}")
     return results
 

@@ -53,7 +53,7 @@ from typing import Optional
 
 import numpy as np
 
-from bench.report import write_json
+from bench.report import add_out_arg, write_result
 from cache.config import CacheConfig, RequestCacheOptions
 from cache.embedder import Embedder
 from cache.keys import plan
@@ -340,7 +340,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--threshold", type=float, default=None, help="default: serve_config's cache threshold")
     parser.add_argument("--fresh", type=Path, nargs="*", default=FRESH, help="look-alikes written apart from the dataset")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/cache_eval.json"))
+    add_out_arg(parser, "cache_eval")
     args = parser.parse_args(argv)
 
     config = CacheConfig()
@@ -413,7 +413,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     for kind, v in results["raygate"]["false_hits_by_kind"].items():
         b = results["cosine_0.80"]["false_hits_by_kind"][kind]
         print(f"  {kind:<24}{v['hits']:>4}/{v['of']:<5}| {b['hits']:>4}/{b['of']}")
-    write_json(args.out, results)
+    write_result(args.out, results, "bench.cache_eval", argv)
     return results
 
 

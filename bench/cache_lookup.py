@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from bench.report import write_json
+from bench.report import add_out_arg, write_result
 from cache.config import CacheConfig
 from cache.embedder import Embedder
 from cache import lexicon
@@ -153,7 +153,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--backend", choices=["onnx", "torch"], default=None, help="default: the cache's config")
     p.add_argument("--threads", type=int, default=None, help="default: the cache's config")
     p.add_argument("--skip-serve", action="store_true", help="only the in-process latency part")
-    p.add_argument("--out", type=Path, default=Path("bench/results/cache_lookup.json"))
+    add_out_arg(p, "cache_lookup")
     args = p.parse_args(argv)
     texts = _texts(args.dataset)
     cfg = CacheConfig().embedder
@@ -180,7 +180,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
               f"{e['unbatched_texts_per_s']:>11.0f}{e['ratio']:>7.2f}x")
         print(f"  {'callers inside the replica (no handle cost)':<44}{e['in_replica_batched_texts_per_s']:>13.0f}"
               f"{e['in_replica_unbatched_texts_per_s']:>11.0f}{e['in_replica_ratio']:>7.2f}x")
-    write_json(args.out, result)
+    write_result(args.out, result, "bench.cache_lookup", argv)
     return result
 
 

@@ -26,7 +26,6 @@ import asyncio
 import collections
 import json
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -36,7 +35,7 @@ import psutil
 
 from bench import client_priority, cpu_account
 from bench.loadgen import fmt
-from bench.report import write_json
+from bench.report import add_out_arg, write_result
 from bench.servers import REPO, Raygate, free_port, model_overrides
 
 DATASET = REPO.parent / "shared" / "semcache" / "dev.jsonl"
@@ -173,14 +172,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
                    help="override an app arg in both runs, e.g. models.0.engine_args.enable_prefix_caching=false")
     p.add_argument("--client-priority", choices=("fifo", "normal"), default="fifo",
                    help="fifo: the client runs SCHED_FIFO while it drives a started server (bench/client_priority.py)")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cache_workload.json")
+    add_out_arg(p, "cache_workload")
     args = p.parse_args(argv)
     workload = build_workload(args.dataset, args.requests)
     mix = collections.Counter(kind for kind, _ in workload)
     print(f"workload: {dict(mix)}, concurrency {args.concurrency}, {args.max_tokens} output tokens, "
           f"{args.rounds} rounds")
-    results: dict = {"command": " ".join(["python -m bench.cache_workload"] + (argv if argv is not None else sys.argv[1:])),
-                     "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "workload": dict(mix), "concurrency": args.concurrency, "max_tokens": args.max_tokens,
+    results: dict = {"workload": dict(mix), "concurrency": args.concurrency, "max_tokens": args.max_tokens,
                      "model": args.model or "serve_config.yaml's first model", "overrides": args.set, "rounds": []}
     for n in range(args.rounds):
         # The host's speed drifts by tens of percent between minutes: alternate which side runs first.
@@ -206,7 +204,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
               f"{r['cache_on']['errors']:>8}/{r['cache_off']['errors']}")
     print(f"throughput with the cache / without (answered requests), median of {len(ratios)} rounds: "
           f"{fmt(results['throughput_ratio'], '{:.2f}x')}")
-    write_json(args.out, results)
+    write_result(args.out, results, "bench.cache_workload", argv)
     return results
 
 

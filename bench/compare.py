@@ -24,12 +24,10 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 from bench import cpu_account, vllm_bench
-from bench.report import machine
+from bench.report import add_out_arg, write_result
 from bench.servers import REPO, Raygate, Server, VLLMServe, model_overrides, model_spec_from_config
 
 FIELDS = [
@@ -158,7 +156,7 @@ def main(argv=None) -> None:
                     help="extra raygate run: LABEL=K=V,... (env of the Ray cluster, or a dotted key of the app's "
                          "args such as models.0.streaming.interval_ms, or client_port)")
     ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "compare.json"))
+    add_out_arg(ap, "compare")
     args = ap.parse_args(argv)
 
     out = Path(args.out)
@@ -213,17 +211,12 @@ def main(argv=None) -> None:
                              "num_prompts": args.num_prompts, "dataset": "random", "ignore_eos": True},
                 "summary": summaries[key], "runs": runs[key]}
 
-    doc = {
-        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "machine": machine(),
-        "model": {"name": spec.name, "path": spec.path, "engine_args": spec.engine_args},
-    }
+    doc = {"model": {"name": spec.name, "path": spec.path, "engine_args": spec.engine_args}}
     if len(workloads) == 1:
         doc |= workload_json(*workloads[0])
     else:
         doc["workloads"] = {key: workload_json(key, c, o) for key, c, o in workloads}
-    out.write_text(json.dumps(doc, indent=2))
+    write_result(out, doc, "bench.compare", argv)
     print(f"\nJSON: {out}")
 
 

@@ -25,10 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -38,6 +34,7 @@ import numpy as np
 import yaml
 
 from bench import client_priority, cpu_account
+from bench.report import add_out_arg, write_result
 from bench.servers import REPO, Raygate
 
 SCENARIOS = {
@@ -135,7 +132,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--env", action="append", default=[], metavar="K=V", help="environment of the Ray cluster")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--client-priority", choices=["fifo", "normal"], default="fifo")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "layer_alone.json"))
+    add_out_arg(ap, "layer_alone")
     args = ap.parse_args(argv)
 
     overrides = {"models.0.engine": "stand_in", "models.0.stand_in.ttft_ms": args.ttft_ms,
@@ -147,9 +144,6 @@ def main(argv: Optional[list[str]] = None) -> dict:
     model = yaml.safe_load(Path(args.config).read_text())["applications"][0]["args"]["models"][0]
     model_name = model.get("served_model_name") or "tiny-llama"
     report: dict[str, Any] = {
-        "command": "python -m bench.layer_alone " + " ".join(argv if argv is not None else os.sys.argv[1:]),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "stand_in": {"ttft_ms": args.ttft_ms, "itl_ms": args.itl_ms}, "concurrency": args.concurrency,
         "overrides": overrides, "env": env, "scenarios": {},
     }
@@ -187,9 +181,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         parts = ", ".join(f"{g} {v:.1f}" for g, v in sorted(s["cpu_ms_per_request"].items(), key=lambda kv: -kv[1])
                           if v >= 0.2)
         print(f"  {name}: {parts}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\nJSON: {out}")
+    write_result(out, report, "bench.layer_alone", argv)
     return report
 
 

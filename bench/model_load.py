@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.report import add_out_arg, write_result
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "results" / "model_load.json"
 BUILD_DIR = Path(os.environ.get("RAYGATE_CACHE_DIR", Path.home() / ".cache" / "raygate")) / "load-bench"
@@ -120,7 +122,7 @@ def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=OUT)
+    add_out_arg(parser, "model_load")
     args = parser.parse_args(argv)
     if args.one:
         start_once(args.one)
@@ -141,10 +143,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{w_fixed:.2f} s + {w_per_gb:.2f} s/GB")
     result = {"rows": rows, "fit": {"fixed_s": round(fixed, 2), "per_gb_s": round(per_gb, 2),
                                     "loading_fixed_s": round(w_fixed, 2), "loading_per_gb_s": round(w_per_gb, 2)},
-              "engine_args": ENGINE_ARGS, "page_cache": "warm", "machine": "2 cores, no GPU, vLLM CPU build",
-              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+              "engine_args": ENGINE_ARGS, "page_cache": "warm"}
+    write_result(args.out, result, "bench.model_load", argv)
     return 0
 
 

@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from bench import client_priority
-from bench.report import write_json
+from bench.report import add_out_arg, write_result
 from bench.servers import REPO, Raygate, add_model_arg, config_for_model, free_port
 
 
@@ -182,7 +182,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                    help="a Serve controller environment variable, e.g. RAYGATE_FRONT_DOOR_MAXCONN=24")
     p.add_argument("--client-priority", choices=("fifo", "normal"), default="fifo",
                    help="fifo: the load generator runs SCHED_FIFO once the server is up (see bench/client_priority.py)")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "overload.json")
+    add_out_arg(p, "overload")
     args = p.parse_args(argv)
     args.config = config_for_model(Path(args.config), args.model)
     import httpx
@@ -240,7 +240,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     lag = results["host_wakeup_lag"]
     if "p99_ms" in lag:
         print(f"{'host: a normal process wakes late':<34}{lag['p99_ms']:>10.1f}ms (p99; max {lag['max_ms']:.0f} ms)")
-    write_json(args.out, results)
+    write_result(args.out, results, "bench.overload", argv)
     return results
 
 

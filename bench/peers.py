@@ -31,10 +31,8 @@ import json
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -42,7 +40,7 @@ from typing import Callable, Optional
 import psutil
 
 from bench import loadgen, vllm_bench, workloads
-from bench.report import machine, write_json
+from bench.report import write_result
 from bench.servers import (REPO, NaiveServer, Raygate, RayServeLLM, Server, VLLMServe, free_port,
                            add_model_arg, config_for_model, model_spec_from_config)
 
@@ -558,11 +556,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         run, default = run_comparison, "peers.json"
     path = Path(args.out) if args.out else RESULTS / default
     out = run(args, spec, path.with_suffix(".png"))  # plots (where a mode has one) beside the JSON
-    out.update(command="python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-               time=time.strftime("%Y-%m-%d %H:%M:%S"),
-               machine=machine(),
-               model={"name": spec.name, "engine_args": spec.engine_args})
-    write_json(path, out)
+    out.update(model={"name": spec.name, "engine_args": spec.engine_args})
+    write_result(path, out, "bench", argv)
     from bench import benchmarks_md
 
     benchmarks_md.write()

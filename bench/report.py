@@ -7,8 +7,12 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def write_json(path: Path, results: Any) -> None:
@@ -16,6 +20,21 @@ def write_json(path: Path, results: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     print(f"wrote {path}")
+
+
+def add_out_arg(parser, name: str) -> None:
+    """Every benchmark's `--out`: its JSON, by default bench/results/<name>.json."""
+    parser.add_argument("--out", type=Path, default=RESULTS / f"{name}.json",
+                        help=f"where the JSON goes (default: bench/results/{name}.json)")
+
+
+def write_result(path: Path, results: dict, module: str, argv: Optional[list[str]] = None) -> None:
+    """Write a benchmark's JSON headed by where it came from, the same in every result: the command
+    as run (`python -m <module> <args>`), the local time and the machine (read, never typed)."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    head = {"command": " ".join(["python -m", module, *args]), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "machine": machine()}
+    write_json(path, {**head, **{k: v for k, v in results.items() if k not in head}})
 
 
 def gpus() -> list[str]:

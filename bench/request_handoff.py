@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import cloudpickle
 
-from bench.report import write_json
+from bench.report import add_out_arg, write_result
 from common.request_kind import RequestKind
 from deployments.request_parsing import validate_request
 
@@ -69,7 +68,7 @@ def measure(n: int) -> list[dict]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=3000, help="calls per round (5 rounds, median)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/request_handoff.json"))
+    add_out_arg(parser, "request_handoff")
     args = parser.parse_args(argv)
     rows = measure(args.n)
     cols = ["request", "dict_bytes", "object_bytes", "dict_pickle_us", "object_pickle_us", "validate_us",
@@ -77,8 +76,9 @@ def main(argv=None) -> None:
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(str(r[c]) for c in cols))
-    write_json(args.out, {"n": args.n, "rows": rows,
-                          "note": "cloudpickle dumps+loads; validate = vLLM's model_validate with raygate's checks"})
+    write_result(args.out, {"n": args.n, "rows": rows,
+                            "note": "cloudpickle dumps+loads; validate = vLLM's model_validate with raygate's checks"},
+                 "bench.request_handoff", argv)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 
-from bench.report import write_json
+from bench.report import add_out_arg, write_result
 from bench.servers import REPO, Raygate, add_model_arg, config_for_model, free_port
 
 CONTENDERS = {
@@ -165,7 +165,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an app arg")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "routing.json")
+    add_out_arg(p, "routing")
     args = p.parse_args(argv)
     args.config = config_for_model(Path(args.config), args.model)
     import yaml
@@ -223,7 +223,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         print(f"raygate / serve default: prefix hit rate {results['hit_rate_ratio']:.2f}x (target >= 2), "
               f"TTFT p50 {results['ttft_p50_ratio']:.2f}x (target <= 0.7), "
               f"max replica share {max(ours['replica_shares'].values()):.1%} (target <= 65%)")
-    write_json(args.out, results)
+    write_result(args.out, results, "bench.routing", argv)
     return results
 
 

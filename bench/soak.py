@@ -27,7 +27,7 @@ from typing import Optional
 
 import psutil
 
-from bench.report import write_json
+from bench.report import add_out_arg, write_result
 from bench.servers import REPO, Raygate, add_model_arg, config_for_model, free_port
 
 KEYS = {"team-a": "sk-soak-team-a", "team-b": "sk-soak-team-b"}
@@ -201,7 +201,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--sample-s", type=float, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.json")
+    add_out_arg(p, "soak")
     args = p.parse_args(argv)
     args.config = config_for_model(Path(args.config), args.model)
     if args.warmup_minutes is None:
@@ -265,7 +265,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     print("\nresponses:", dict(sorted(traffic.counts.items())))
     png = args.out.with_suffix(".png")
     plot(samples, args.warmup_minutes * 60, png)
-    write_json(args.out, results)
+    write_result(args.out, results, "bench.soak", argv)
     print(f"plot: {png}")
     return results
 
