@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import AsyncGenerator, Optional
+from typing import AsyncGenerator, Callable, Optional
 
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
@@ -90,6 +90,49 @@ class _StreamTap:
     write_back: WriteBack
 
 
+def _relay_cleanup(stream: DeploymentResponseGenerator, slot: Slot, tap: Optional[_StreamTap]) -> Callable[[], None]:
+    """What a relayed stream holds, let go once (the first call; later ones do nothing): the replica's
+    stream cancelled (a no-op when it finished; aborts the engine request when the client left), the
+    admission slot released, the write-back finished (stored only if the stream ended cleanly)."""
+    done = False
+
+    def cleanup() -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        stream.cancel()
+        slot.release()
+        if tap is not None:
+            tap.write_back.finish(tap.collector.result())
+    return cleanup
+
+
+class _RelayBody:
+    """A relay generator as a response body whose `aclose()` always lets go of what the relay holds.
+
+    Why: Starlette cancels a streaming response whose client left before its body started (it listens
+    for the disconnect beside the send loop), and an async generator that never started runs no
+    `finally` when closed: the admission slot would leak, one per such client, until the gate refused
+    everything. SSEResponse closes its body iterator when the response ends, however it ends."""
+
+    def __init__(self, relay: AsyncGenerator[str, None], cleanup: Callable[[], None]):
+        self._relay = relay
+        self._cleanup = cleanup
+
+    def __aiter__(self) -> "_RelayBody":
+        return self
+
+    def __anext__(self):
+        return self._relay.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._relay.aclose()
+        finally:
+            self._cleanup()
+
+
 def _sse_error(status: int, message: str) -> str:
     return f"data: {error_body(status, message).model_dump_json()}\n\ndata: [DONE]\n\n"
 
@@ -148,7 +191,8 @@ class ModelCaller:
             forced = getattr(request, "tool_choice", None) not in (None, "none", "auto")
             tap = _StreamTap(StreamCollector(ctx.view.kind, forced_tools=forced,
                                              tools=bool(getattr(request, "tools", None))), strip_usage, write_back)
-        return SSEResponse(self._relay(head.body, stream, slot, tap), headers=headers)
+        cleanup = _relay_cleanup(stream, slot, tap)
+        return SSEResponse(_RelayBody(self._relay(head.body, stream, cleanup, tap), cleanup), headers=headers)
 
     async def _first_reply(self, ctx: RequestContext, request) -> tuple[DeploymentResponseGenerator, Reply, int]:
         """Call the model and wait for its head. Until the head arrives nothing has been sent to the
@@ -202,7 +246,7 @@ class ModelCaller:
                 await asyncio.sleep(_RETRY_BACKOFF_S * (attempt + 1))
         raise AssertionError("unreachable")
 
-    async def _relay(self, first: str, stream: DeploymentResponseGenerator, slot: Slot,
+    async def _relay(self, first: str, stream: DeploymentResponseGenerator, cleanup: Callable[[], None],
                      tap: Optional[_StreamTap] = None) -> AsyncGenerator[str, None]:
         """Relay SSE chunks; a replica lost mid-stream ends the stream with an SSE error event.
 
@@ -224,10 +268,7 @@ class ModelCaller:
             logger.warning("stream interrupted: %r", e)
             yield _sse_error(503, f"The stream was interrupted: {type(e).__name__}. Retry the request.")
         finally:
-            stream.cancel()  # no-op when finished; aborts the engine request when the client left
-            slot.release()
-            if tap is not None:
-                tap.write_back.finish(tap.collector.result())
+            cleanup()
 
     def _check_replicas(self, model: str) -> None:
         """503 + Retry-After at once when this process's router knows the model has no running

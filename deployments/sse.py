@@ -19,7 +19,7 @@ import asyncio
 from typing import Any, AsyncIterable, AsyncIterator
 
 from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 DONE = "data: [DONE]\n\n"
 _finishing: set[asyncio.Task] = set()
@@ -55,6 +55,18 @@ class SSEResponse(StreamingResponse):
     without `[DONE]` (an interrupted relay) ends as StreamingResponse's does."""
 
     media_type = "text/event-stream"
+    _running_out = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """As StreamingResponse's, then the body iterator is closed, however the response ended (a
+        client that left before the body started too: a relay lets go of its admission slot in its
+        `aclose`, deployments/model_call.py), unless it is running out after `[DONE]`."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None and not self._running_out:
+                await close()
 
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -65,6 +77,7 @@ class SSEResponse(StreamingResponse):
                 chunk = chunk.encode(self.charset)
             await send({"type": "http.response.body", "body": chunk, "more_body": not last})
             if last:
+                self._running_out = True
                 run_out(chunks)
                 return
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,4 +1,5 @@
-"""The request routers alive in this process, for the ingress's admin views and admission bounds.
+"""The request routers alive in this process, for the ingress's admin views, admission bounds and the
+model call's replica checks (no running replica: 503 at once; a replica whose engine is gone).
 
 Its own module because Serve ships a custom router class to the handle's process pickled *by
 value* (RequestRouterConfig registers the class's module with cloudpickle): module-level state in

@@ -13,7 +13,8 @@ two whose cache lookups finished together -- must each see the ones before, or t
 the replica that looked least loaded.
 
 Serve makes one router per deployment per process (every handle to the deployment in that process
-shares it); router/registry.py lists them, for the ingress's admin views and admission bounds.
+shares it); router/registry.py lists them, for the ingress's admin views, admission bounds and the
+model call's replica checks.
 """
 
 from __future__ import annotations

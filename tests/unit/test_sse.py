@@ -48,3 +48,36 @@ def test_a_stream_without_done_ends_like_any_streaming_response():
     sent = asyncio.run(_send_all(SSEResponse(cut())))
     bodies = [(m["body"], m["more_body"]) for m in sent if m["type"] == "http.response.body"]
     assert bodies[-1] == (b"", False) and len(bodies) == 3
+
+
+def test_a_relay_whose_client_left_before_the_body_started_still_lets_go_of_its_slot():
+    """ASGI 2.3 (uvicorn here): Starlette listens for the disconnect beside the send loop and cancels
+    the response when the client has already gone. An async generator that never started runs no
+    `finally`; the relay's body (deployments/model_call.py `_RelayBody`) is closed by SSEResponse and
+    lets go of what it holds (slot, replica stream, write-back) all the same, once."""
+    from deployments.model_call import _RelayBody
+
+    let_go: list[str] = []
+    started: list[bool] = []
+
+    async def relay():
+        started.append(True)
+        try:
+            yield 'data: {"a": 1}\n\n'
+            await asyncio.sleep(3600)
+        finally:
+            let_go.append("finally")
+
+    async def go():
+        async def send(message):
+            await asyncio.sleep(0.05)  # the client is gone before the headers are out
+
+        async def receive():
+            return {"type": "http.disconnect"}
+
+        body = _RelayBody(relay(), lambda: let_go.append("cleanup"))
+        await SSEResponse(body)({"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send)
+
+    asyncio.run(go())
+    assert not started  # the case: the body never started
+    assert let_go == ["cleanup"]
