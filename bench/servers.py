@@ -172,6 +172,15 @@ def set_dotted(tree: dict, path: str, value: Any) -> None:
         node[last] = parsed
 
 
+def _default_sigint() -> None:
+    """In the server's process before it starts: SIGINT back to its default action. A process started
+    from a background job (`cmd &` without job control: nohup, CI runners, `bash -c '... &'`) inherits
+    SIGINT *ignored*, Python then installs no KeyboardInterrupt handler, and `serve run` ignores the
+    Ctrl-C that `stop()` sends: in such runs every graceful stop left the whole app running (engines,
+    HAProxy, Valkey) and the Ctrl-C test timed out, while the same tests passed from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Server:
     """A contender process; `start()` blocks until it serves, `stop()` leaves nothing behind."""
 
@@ -203,7 +212,7 @@ class Server:
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
             self.command(), cwd=self.cwd(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_default_sigint,
         )
         while time.monotonic() - t0 < timeout_s:
             if self.proc.poll() is not None:
