@@ -230,7 +230,9 @@ def test_bad_cache_options_are_400_naming_the_field(base_url, model_name, cache,
 
 
 def test_identical_requests_in_flight_cause_one_generation(base_url, model_name, llm_handle):
-    body = _chat(model_name, f"Coalesce {uuid.uuid4().hex}", max_tokens=200, ignore_eos=True)
+    # 600 tokens: the generation must outlast the six arrivals (200 took under a second, and one of the
+    # six reached the ingress after the leader had stored: a correct exact hit, not a waiter).
+    body = _chat(model_name, f"Coalesce {uuid.uuid4().hex}", max_tokens=600, ignore_eos=True)
     before = _started(llm_handle)
 
     async def go():
@@ -251,8 +253,11 @@ def test_identical_requests_in_flight_cause_one_generation(base_url, model_name,
 
     results = asyncio.run(go())
     assert len({text for _, text in results}) == 1, "every waiter gets the same answer"
-    # One generated it; the others, sent while it ran (200 tokens), waited for it and say so.
-    assert sorted(h for h, _ in results) == ["coalesced"] * 5 + ["miss"], results
+    # One generated it; the others waited for it and say so -- or, if one reached the ingress only after
+    # the answer was stored, were answered from the cache. Never a second generation.
+    labels = [h for h, _ in results]
+    assert labels.count("miss") == 1 and labels.count("coalesced") >= 4, results
+    assert set(labels) <= {"miss", "coalesced", "hit-exact"}, results
     assert _started(llm_handle) - before == 1
 
 
