@@ -44,10 +44,8 @@ def server():
 
 
 def pytest_collection_modifyitems(items):
-    """Unit tests first, then the tests on the shared app, then the tests that stop it to start a
-    cluster of their own. Unit tests ran between the last two once (alphabetical: integration/ before
-    unit/), with the shared app idle meanwhile; its graceful stop then left engines behind in two CI
-    runs (not understood yet) where the same app stopped cleanly with no unit tests in between."""
+    """Unit tests first (on an idle machine, before the shared app starts), then the tests on the
+    shared app, then the tests that stop it to start a cluster of their own."""
     def order(item) -> tuple[bool, bool]:
         return item.get_closest_marker("own_cluster") is not None, item.get_closest_marker("integration") is not None
 
