@@ -176,13 +176,13 @@ class ModelCaller:
             headers[REPLICA_HEADER] = head.replica
         if head.status == 503:  # the replica dropped it (deadline passed in Serve's queues): retryable
             headers["Retry-After"] = str(int(RETRY_AFTER_S))
+        offered_tools = bool(getattr(request, "tools", None))  # see cache/responses.py storable
         if not head.streaming:
             slot.release()
             if self._log_payloads:
                 logger.info("response %s status=%d body=%s", ctx.request_id, head.status, head.body)
             if write_back is not None:
                 body = json.loads(head.body) if head.status == 200 else None
-                offered_tools = bool(getattr(request, "tools", None))
                 write_back.finish(body if body is not None and storable(body, tools=offered_tools) else None,
                                   head.body)
             return Response(head.body, status_code=head.status, media_type="application/json", headers=headers)
@@ -190,7 +190,7 @@ class ModelCaller:
         if write_back is not None:
             forced = getattr(request, "tool_choice", None) not in (None, "none", "auto")
             tap = _StreamTap(StreamCollector(ctx.view.kind, forced_tools=forced,
-                                             tools=bool(getattr(request, "tools", None))), strip_usage, write_back)
+                                             tools=offered_tools), strip_usage, write_back)
         cleanup = _relay_cleanup(stream, slot, tap)
         return SSEResponse(_RelayBody(self._relay(head.body, stream, cleanup, tap), cleanup), headers=headers)
 
