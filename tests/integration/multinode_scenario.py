@@ -80,8 +80,21 @@ def run() -> dict:
         srv.start(timeout_s=600)
         ray.init(address=cluster.address, log_to_driver=False)
         model = httpx.get(srv.base_url + "/v1/models", timeout=30).json()["data"][0]["id"]
-        info = _replica_info(model)
+        # /health is ok once one replica serves: wait (bounded) until both replicas run, on whichever
+        # nodes Serve chose, so that the node to kill surely holds one (CI once saw only the first).
+        deadline = time.monotonic() + 300
+        info: dict = {}
+        while time.monotonic() < deadline:
+            try:
+                info = _replica_info(model)
+            except Exception as e:  # noqa: BLE001 - a replica that is still starting
+                out["last_replica_error"] = repr(e)
+            if len(info) >= 2:
+                break
+            time.sleep(2)
         out["replica_nodes"] = sorted(i["node_id"] for i in info.values())
+        if not any(i["node_id"] == workers[0].node_id for i in info.values()):
+            return out  # reported as is: the test fails on replica_nodes, with the nodes Serve chose
 
         node = workers[0]
         victim = next(i for i in info.values() if i["node_id"] == node.node_id)

@@ -39,6 +39,7 @@ def test_llm_replicas_run_only_on_accelerator_nodes(scenario):
 
 
 def test_a_killed_worker_node_is_survived(scenario):
+    assert "load" in scenario, f"no replica on the node to kill: replicas on {scenario['replica_nodes']}"
     load = LoadResult(plain=[tuple(p) for p in scenario["load"]["plain"]],
                       streams=[tuple(s) for s in scenario["load"]["streams"]])
     retried, interrupted = load.check()  # every non-streaming request 200; every stream ends with [DONE]
