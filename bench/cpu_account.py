@@ -38,14 +38,30 @@ def _group(cmdline: str) -> str:
     return "other"
 
 
-def snapshot() -> dict[int, tuple[str, float]]:
+_DAEMON_PARTS = re.compile(r"(raylet|gcs_server|dashboard/agent\.py|dashboard/dashboard\.py|log_monitor\.py|"
+                           r"monitor\.py|runtime_env/agent/main\.py|ray::IDLE|ray::[A-Za-z_]+)")
+
+
+def _detail(cmd: str) -> str:
+    """The group, and for Ray's daemons which one (raylet, gcs_server, the dashboard and its agent...)."""
+    group = _group(cmd)
+    if group in ("ray daemons", "other"):
+        m = _DAEMON_PARTS.search(cmd)
+        name = m.group(1) if m else (os.path.basename(cmd.split(" ", 1)[0]) or "?")
+        return f"{group}: {name}"
+    return group
+
+
+def snapshot(detail: bool = False) -> dict[int, tuple[str, float]]:
+    """{pid: (group, CPU seconds so far)} of every process; `detail` names each Ray daemon apart."""
     out = {}
+    label = _detail if detail else _group
     for p in psutil.process_iter(["cmdline", "cpu_times"]):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
             t = p.info["cpu_times"]
             if t is not None:
-                out[p.pid] = (_group(cmd), t.user + t.system)
+                out[p.pid] = (label(cmd), t.user + t.system)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     out.pop(os.getpid(), None)

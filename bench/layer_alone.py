@@ -18,7 +18,10 @@ prompt (so the cache misses, as in `bench.compare`), and the run reports per sce
   client excluded.
 
 Scenarios: `stream` (64 tokens, streamed with usage), `whole` (64 tokens, not streamed) and
-`one-token` (1 token streamed: per-request overhead alone). Output: a table and JSON.
+`one-token` (1 token streamed: per-request overhead alone). Before them, `--idle-s` seconds with no
+request: the CPU per second each process spends whatever the load (Serve's controller, Ray's
+daemons one by one, replicas' background loops), the fixed cost that a request rate divides.
+Output: a table and JSON.
 """
 
 from __future__ import annotations
@@ -97,11 +100,31 @@ def _pct(values: list[float], q: float) -> Optional[float]:
     return float(np.percentile(values, q)) * 1000 if values else None
 
 
+def _group_of(label: str) -> str:
+    return label.split(": ", 1)[0]
+
+
+def _by_group(detail: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for label, v in detail.items():
+        out[_group_of(label)] = out.get(_group_of(label), 0.0) + v
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def idle_cpu(seconds: float) -> dict[str, float]:
+    """CPU ms per second of every process (Ray's daemons named apart) over `seconds` with no request."""
+    before = cpu_account.snapshot(detail=True)
+    time.sleep(seconds)
+    used = cpu_account.diff(before, cpu_account.snapshot(detail=True))
+    return {label: 1000 * v / seconds for label, v in used.items() if _group_of(label) not in CLIENT_GROUPS}
+
+
 def summarize(results: list[dict], seconds: float, cpu: dict[str, float]) -> dict:
     ok = [r for r in results if r["ok"]]
     n = max(len(ok), 1)
     chunks = sum(r["chunks"] for r in ok)
-    layer = {g: s for g, s in cpu.items() if g not in CLIENT_GROUPS}
+    layer = {g: s for g, s in _by_group(cpu).items() if g not in CLIENT_GROUPS}
+    detail = {g: s for g, s in cpu.items() if _group_of(g) not in CLIENT_GROUPS}
     return {
         "completed": len(ok), "failed": len(results) - len(ok), "duration_s": seconds,
         "request_throughput": len(ok) / seconds,
@@ -110,6 +133,7 @@ def summarize(results: list[dict], seconds: float, cpu: dict[str, float]) -> dic
         "median_e2el_ms": _pct([r["e2e"] for r in ok], 50),
         "chunks_per_request": chunks / n,
         "cpu_ms_per_request": {g: 1000 * s / n for g, s in layer.items()},
+        "cpu_ms_per_request_detail": {g: 1000 * s / n for g, s in detail.items() if 1000 * s / n >= 0.05},
         "layer_cpu_ms_per_request": 1000 * sum(layer.values()) / n,
         "layer_cpu_ms_per_chunk": (1000 * sum(layer.values()) / chunks) if chunks else None,
     }
@@ -130,6 +154,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--set", action="append", default=[], metavar="DOTTED=YAML",
                     help="override the app's args, e.g. models.0.streaming.interval_ms=0")
     ap.add_argument("--env", action="append", default=[], metavar="K=V", help="environment of the Ray cluster")
+    ap.add_argument("--idle-s", type=float, default=30.0, help="seconds of the idle measurement (0: none)")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--client-priority", choices=["fifo", "normal"], default="fifo")
     add_out_arg(ap, "layer_alone")
@@ -150,15 +175,19 @@ def main(argv: Optional[list[str]] = None) -> dict:
     print(f"starting raygate with the stand-in engine ({args.ttft_ms} ms TTFT, {args.itl_ms} ms/token) ...", flush=True)
     server.start()
     try:
+        if args.idle_s > 0:
+            time.sleep(10)  # start-up's own work (warm-up requests, the first metrics) settles
+            report["idle_cpu_ms_per_s"] = idle_cpu(args.idle_s)
+            print(f"  idle: {sum(report['idle_cpu_ms_per_s'].values()):.0f} ms of CPU per second", flush=True)
         report["client"] = client_priority.prioritise(args.client_priority)
         for name in args.scenarios.split(","):
             scenario = SCENARIOS[name]
             asyncio.run(closed_loop(server.base_url, model_name, scenario, args.concurrency, 64))  # warm-up
             time.sleep(2)
-            before = cpu_account.snapshot()
+            before = cpu_account.snapshot(detail=True)
             results, seconds = asyncio.run(closed_loop(server.base_url, model_name, scenario, args.concurrency,
                                                        args.requests))
-            cpu = cpu_account.diff(before, cpu_account.snapshot())
+            cpu = cpu_account.diff(before, cpu_account.snapshot(detail=True))
             report["scenarios"][name] = summarize(results, seconds, cpu)
             s = report["scenarios"][name]
             print(f"  {name}: {s['request_throughput']:.1f} req/s, layer CPU {s['layer_cpu_ms_per_request']:.1f} ms/request, "
@@ -181,6 +210,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
         parts = ", ".join(f"{g} {v:.1f}" for g, v in sorted(s["cpu_ms_per_request"].items(), key=lambda kv: -kv[1])
                           if v >= 0.2)
         print(f"  {name}: {parts}")
+    if "idle_cpu_ms_per_s" in report:
+        idle = report["idle_cpu_ms_per_s"]
+        print(f"\nIdle, no request ({args.idle_s:.0f} s): {sum(idle.values()):.0f} ms of CPU per second")
+        for label, v in idle.items():
+            if v >= 0.5:
+                print(f"  {label:<45}{v:>8.1f}")
     write_result(out, report, "bench.layer_alone", argv)
     return report
 
