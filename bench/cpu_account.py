@@ -45,6 +45,8 @@ _DAEMON_PARTS = re.compile(r"(raylet|gcs_server|dashboard/agent\.py|dashboard/da
 def _detail(cmd: str) -> str:
     """The group, and for Ray's daemons which one (raylet, gcs_server, the dashboard and its agent...)."""
     group = _group(cmd)
+    if re.search(r"(^|[ /])serve run( |$)", cmd):
+        return "other: serve run"
     if group in ("ray daemons", "other"):
         m = _DAEMON_PARTS.search(cmd)
         name = m.group(1) if m else (os.path.basename(cmd.split(" ", 1)[0]) or "?")
@@ -60,6 +62,8 @@ def snapshot(detail: bool = False) -> dict[int, tuple[str, float]]:
         try:
             cmd = " ".join(p.info["cmdline"] or [])
             t = p.info["cpu_times"]
+            if detail and not cmd:
+                continue  # a kernel thread (memory monitors and the like): not the machine's programs
             if t is not None:
                 out[p.pid] = (label(cmd), t.user + t.system)
         except (psutil.NoSuchProcess, psutil.AccessDenied):

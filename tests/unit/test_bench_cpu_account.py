@@ -28,3 +28,7 @@ def test_summary_sums_the_detail_into_groups_and_leaves_the_client_out():
     assert s["cpu_ms_per_request_detail"]["ray daemons: raylet"] == 2.0
     assert abs(s["layer_cpu_ms_per_request"] - 8.0) < 1e-9
     assert abs(s["layer_cpu_ms_per_chunk"] - 2.0) < 1e-9
+
+
+def test_the_serve_run_driver_is_named():
+    assert cpu_account._detail("/v/bin/python /v/bin/serve run /tmp/x/serve_config.yaml") == "other: serve run"
