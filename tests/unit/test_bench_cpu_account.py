@@ -32,3 +32,18 @@ def test_summary_sums_the_detail_into_groups_and_leaves_the_client_out():
 
 def test_the_serve_run_driver_is_named():
     assert cpu_account._detail("/v/bin/python /v/bin/serve run /tmp/x/serve_config.yaml") == "other: serve run"
+
+
+def test_compare_does_not_charge_the_background_of_the_clients_start_up():
+    from bench import compare
+
+    # 100 requests (+ 9 warm-ups + 1) timed over 2 s of a client that ran 12 s: the ingress idles at
+    # 0.05 CPU-s per second, so 10 s x 0.05 = 0.5 s of its 1.0 s were the client's start-up.
+    run = {"completed": 100, "duration": 2.0, "client_wall_s": 12.0,
+           "cpu_s_by_component": {"serve ingress": 1.0, "vllm worker": 3.0, "benchmark client": 2.0},
+           "idle_cpu_s_per_s_by_component": {"serve ingress": 0.05, "vllm worker": 0.0}}
+    assert abs(compare.layer_cpu_ms(run, warmups=9) - 500 / 110) < 1e-9
+    assert abs(compare.layer_cpu_ms(run, warmups=9, raw=True) - 1000 / 110) < 1e-9
+    # An idle rate above what the component used is never charged below zero.
+    run["idle_cpu_s_per_s_by_component"]["serve ingress"] = 1.0
+    assert compare.layer_cpu_ms(run, warmups=9) == 0.0
