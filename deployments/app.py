@@ -141,8 +141,33 @@ def build_cache_deployments(cfg: CacheConfig) -> tuple[Application, Application 
     return cache, redis
 
 
+def ingress_options(config: AppConfig) -> dict:
+    """The Ingress deployment's Serve options; with `ingress.colocate`, each ingress replica also
+    reserves what the first model's replica would (CPUs, GPUs, custom resources, its environment)
+    and gets that model's start-up allowance and health-check timing."""
+    options = config.ingress.deployment.as_options()
+    if not config.ingress.colocate:
+        return options
+    first = config.models[0]
+    if replica_placement(first).bundles is not None:
+        raise ValueError(f"ingress.colocate: model {first.name} needs a placement group (tensor_parallel_size x "
+                         "pipeline_parallel_size > 1); serve it from its own LLM deployment")
+    check_autoscaling_policy(first)
+    _check_startup_allowance(first)
+    actor = _llm_actor_options(first)
+    own = dict(options.get("ray_actor_options") or {})
+    for key in ("num_cpus", "num_gpus", "resources", "runtime_env", "accelerator_type"):
+        if key in actor:
+            own[key] = actor[key]
+    options["ray_actor_options"] = own
+    options.setdefault("health_check_period_s", 5)
+    options.setdefault("health_check_timeout_s", 30)
+    return options
+
+
 def build_app(args: AppConfig) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
-    llm = {m.name: build_llm_deployment(m) for m in config.models}
+    served_here = {config.models[0].name} if config.ingress.colocate else set()
+    llm = {m.name: build_llm_deployment(m) for m in config.models if m.name not in served_here}
     cache, redis = build_cache_deployments(config.cache) if config.cache.enabled else (None, None)
-    return Ingress.options(**config.ingress.deployment.as_options()).bind(config, llm, cache, redis)
+    return Ingress.options(**ingress_options(config)).bind(config, llm, cache, redis)

@@ -278,6 +278,12 @@ class IngressConfig(BaseModel):
     # Ingress -> LLM replica transport: Serve's gRPC channel (`_by_reference=False`) or Ray actor
     # calls with one object per streamed item. Chosen by measurement (docs/architecture.md): gRPC.
     grpc_handles: bool = True
+    # The first model's engine runs inside each ingress replica (no LLM deployment, no gRPC hop for it):
+    # the serving layer's per-request cost without the second process (docs/architecture.md, issue 16).
+    # HAProxy balances the ingress replicas; that model's requests are served by the replica that
+    # received them: prefix-cache and session routing across replicas do not apply to it. Other
+    # models keep their LLM deployments. Not with tensor/pipeline parallelism (a placement group).
+    colocate: bool = False
     cors: CorsConfig = Field(default_factory=CorsConfig)
     # Log each request's body and each non-streamed answer (tenant, model, prompt, completion) at INFO.
     # Off by default: prompts and completions are the users' data, not operational telemetry.

@@ -33,6 +33,7 @@ from deployments import openapi_spec, serving_metrics
 from deployments.admission import PRIORITIES, AdmissionGate
 from deployments.auth import Authenticator
 from deployments.config import AppConfig, CorsConfig, ModelConfig, llm_deployment_name
+from deployments.llm_server import LLMServer
 from deployments.model_call import ModelCaller, RequestContext, WriteBack
 from deployments.rate_limits import TenantRateLimiter
 from deployments.request_controls import parse_controls
@@ -163,9 +164,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1024)
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, config: AppConfig, llm_handles: dict[str, DeploymentHandle],
-                 cache_handle: Optional[DeploymentHandle] = None, redis_handle: Optional[DeploymentHandle] = None):
+    async def __init__(self, config: AppConfig, llm_handles: dict[str, DeploymentHandle],
+                       cache_handle: Optional[DeploymentHandle] = None, redis_handle: Optional[DeploymentHandle] = None):
         self._config = config
+        # ingress.colocate: the first model's engine in this process (started here: blocks until loaded).
+        self._local: dict[str, LLMServer] = {}
+        if config.ingress.colocate:
+            first = config.models[0]
+            self._local[first.name] = await LLMServer.in_process(first)
         self._models: dict[str, ModelConfig] = {m.name: m for m in config.models}
         self._default_model = config.models[0].name
         by_ref = not config.ingress.grpc_handles
@@ -185,7 +191,7 @@ class Ingress:
                                          timeout_s=config.cache.redis_timeout_s)
         self._redis_handle = redis_handle
         self._model_calls = ModelCaller(self._models, streams, self._gates, self._limits,
-                                        log_payloads=config.ingress.log_payloads)
+                                        log_payloads=config.ingress.log_payloads, local=self._local)
         install_cors(app, config.ingress.cors)
 
     async def _rate_limit_redis(self) -> Optional[str]:
@@ -305,7 +311,9 @@ class Ingress:
         if card is not None:
             return card
         try:
-            card = await asyncio.wait_for(self._calls[name].model_card.remote(), timeout=5)
+            local = self._local.get(name)
+            card = await (local.model_card() if local is not None
+                          else asyncio.wait_for(self._calls[name].model_card.remote(), timeout=5))
             self._cards[name] = card
             return card
         except Exception:  # no replica up yet: answer from config, ask again next time
@@ -345,6 +353,8 @@ class Ingress:
     def _replica_count(self, cfg: ModelConfig) -> int:
         """Live replicas as this process's router sees them (no remote call); before the router has
         heard from the controller, the configured count."""
+        if cfg.name in self._local:
+            return 1  # its engine is this replica's own
         router = self._router(cfg.name)
         if router is not None and router.curr_replicas:
             return len(router.curr_replicas)
@@ -369,12 +379,17 @@ class Ingress:
             router = self._router(name)
             counted = router.queue_lens() if router is not None else {}
             ids = router.replica_ids() if router is not None and engines else []
+            if name in self._local:  # colocated: this replica's own engine is the model's replica here
+                counted, ids = {}, ([self._local[name].engine_stats()["replica"]] if engines else [])
             # One call at a time: handle calls made while serving one HTTP request share Serve's
             # internal request id, and concurrent ones to one deployment would be matched to each
             # other's replicas.
             stats = []
             for rid in ids:
                 try:
+                    if name in self._local:
+                        stats.append(self._local[name].engine_stats())
+                        continue
                     stats.append(await asyncio.wait_for(self._calls[name].engine_stats.remote(replica=rid), timeout=5))
                 except Exception as e:  # noqa: BLE001 - reported per replica
                     stats.append(e)
@@ -390,5 +405,19 @@ class Ingress:
         return JSONResponse({"models": out})
 
     async def _model_health(self, name: str) -> Optional[str]:
+        local = self._local.get(name)
+        if local is not None:
+            await asyncio.wait_for(local.check_health(), timeout=5)
+            return None
         await asyncio.wait_for(self._calls[name].check_health.remote(), timeout=5)
         return None
+
+    async def check_health(self) -> None:
+        """Serve's health check of this replica: with a colocated engine, that engine's (a stalled one
+        gets the replica replaced, as an LLM replica would be)."""
+        for local in self._local.values():
+            await local.check_health()
+
+    def __del__(self):
+        for local in getattr(self, "_local", {}).values():
+            local.shutdown()

@@ -93,6 +93,14 @@ class LLMServer:
         await self._warmup(cfg.warmup_requests)
         await self._prefill_system_prompts(cfg.warmup_system_prompts)
 
+    @classmethod
+    async def in_process(cls, cfg: ModelConfig) -> "LLMServer":
+        """A server for `cfg` inside the calling replica (the colocated ingress): the same engine,
+        watchdog, warm-up and generate() as an LLM deployment's replica, called without a handle."""
+        server = cls.__new__(cls)
+        await server.__init__(cfg)
+        return server
+
     async def _watch_engine(self, period_s: float = 1.0) -> None:
         """Every `period_s`: a stalled engine is killed and the replica turns unhealthy for good
         (deployments/engine_watchdog.py says why)."""
@@ -242,6 +250,10 @@ class LLMServer:
         await self._engine.check_health()
 
     def __del__(self):
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the engine (once; the reaper kills what is left when the process ends)."""
         engine = getattr(self, "_engine", None)
         if engine is not None:
             self._engine = None

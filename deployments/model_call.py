@@ -29,7 +29,7 @@ from common.errors import APIError, error_body
 from deployments import serving_metrics
 from deployments.admission import AdmissionGate, Slot
 from deployments.config import ModelConfig, llm_deployment_name
-from deployments.llm_server import EngineUnavailable, Reply
+from deployments.llm_server import EngineUnavailable, LLMServer, Reply
 from deployments.rate_limits import TenantRateLimiter
 from deployments.request_controls import RequestControls
 from deployments.request_view import RequestView
@@ -133,6 +133,29 @@ class _RelayBody:
             self._cleanup()
 
 
+class LocalStream:
+    """An in-process LLMServer.generate() with the two calls the model-call path makes on a handle's
+    stream: `__anext__` and `cancel()` (closes the generator, which aborts the engine request when it
+    has not finished; a no-op once it has)."""
+
+    def __init__(self, agen: AsyncGenerator):
+        self._agen = agen
+        self._closing: Optional[asyncio.Task] = None
+
+    def __anext__(self):
+        return self._agen.__anext__()
+
+    def cancel(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close())
+
+    async def _close(self) -> None:
+        try:
+            await self._agen.aclose()
+        except Exception as e:  # noqa: BLE001 - closing must not raise into a finished response
+            logger.warning("closing a local generation: %r", e)
+
+
 def _sse_error(status: int, message: str) -> str:
     return f"data: {error_body(status, message).model_dump_json()}\n\ndata: [DONE]\n\n"
 
@@ -141,9 +164,12 @@ class ModelCaller:
     """Calls the LLM deployments for the ingress; one per ingress replica."""
 
     def __init__(self, models: dict[str, ModelConfig], streams: dict[str, DeploymentHandle],
-                 gates: dict[str, AdmissionGate], limits: TenantRateLimiter, log_payloads: bool = False):
+                 gates: dict[str, AdmissionGate], limits: TenantRateLimiter, log_payloads: bool = False,
+                 local: Optional[dict[str, LLMServer]] = None):
+        """`local`: models whose engine runs in this process (ingress.colocate), called without a handle."""
         self._models = models
         self._streams = streams
+        self._local = local or {}
         self._gates = gates
         self._limits = limits
         self._log_payloads = log_payloads
@@ -194,13 +220,14 @@ class ModelCaller:
         cleanup = _relay_cleanup(stream, slot, tap)
         return SSEResponse(_RelayBody(self._relay(head.body, stream, cleanup, tap), cleanup), headers=headers)
 
-    async def _first_reply(self, ctx: RequestContext, request) -> tuple[DeploymentResponseGenerator, Reply, int]:
+    async def _first_reply(self, ctx: RequestContext, request) -> tuple["DeploymentResponseGenerator | LocalStream", Reply, int]:
         """Call the model and wait for its head. Until the head arrives nothing has been sent to the
         client, so a replica that dies (or cannot be reached) before then is retried on another one:
         Serve's router drops a replica whose actor died. Capacity refusals are not retried."""
         model = ctx.view.model
-        handle = self._streams[model]
-        if ctx.controls.session_id:
+        local = self._local.get(model)
+        handle = self._streams.get(model)
+        if handle is not None and ctx.controls.session_id:
             # Serve's request metadata, where the router reads it (router/request_router.py).
             handle = handle.options(session_id=ctx.controls.session_id)
         cfg = self._models[model]
@@ -213,10 +240,14 @@ class ModelCaller:
         if deadline is not None:
             by_deadline = time.monotonic() + (deadline - time.time())
             limit = by_deadline if limit is None else min(limit, by_deadline)
+        if local is not None:
+            retries = 0  # one engine here: a retry would meet the same one
         for attempt in range(retries + 1):
-            self._check_replicas(model)
-            stream: DeploymentResponseGenerator = handle.generate.remote(
-                ctx.view.kind, request, ctx.request_id, deadline=deadline)
+            if local is not None:
+                stream = LocalStream(local.generate(ctx.view.kind, request, ctx.request_id, deadline=deadline))
+            else:
+                self._check_replicas(model)
+                stream = handle.generate.remote(ctx.view.kind, request, ctx.request_id, deadline=deadline)
             try:
                 if limit is None:
                     return stream, await stream.__anext__(), attempt

@@ -20,6 +20,10 @@ from deployments.request_controls import RequestControls
 from deployments.request_view import build_view
 from deployments.tenants import Tenant, TenantSettings
 
+# One event loop for the module: LLMServer's `@serve.batch` queue is bound to the loop it first ran in,
+# as in a replica, which has one loop (tests/unit/test_llm_server.py does the same).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
 
 class _NeverAnswers:
     """A DeploymentResponseGenerator whose head never comes; records its cancellation."""
@@ -129,3 +133,84 @@ async def test_a_replica_whose_engine_is_gone_is_marked_in_the_router_before_the
         await asyncio.wait_for(_caller(cfg, handle)._first_reply(_ctx(cfg, False, None), None), 5)
     assert e.value.status == 503 and "EngineUnavailable" in e.value.message
     assert marked == ["r1", "r2"] and len(handle.calls) == 2
+
+
+# ---- a colocated model (ingress.colocate): the engine in this process, called without a handle ----
+
+@pytest.fixture
+def replica_context(monkeypatch):
+    """What Serve gives a replica and `@serve.batch` reads: an id and the deployment's config."""
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    ctx = SimpleNamespace(replica_id=SimpleNamespace(unique_id="local"),
+                          _deployment_config=SimpleNamespace(max_ongoing_requests=10**6))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: ctx)
+
+
+async def _colocated(engine, **cfg_fields):
+    from deployments.admission import AdmissionGate
+    from deployments.llm_server import LLMServer
+    from deployments.rate_limits import TenantRateLimiter
+
+    cfg = ModelConfig(model="stand-in", served_model_name="m", engine="stand_in", warmup_requests=0, **cfg_fields)
+    server = LLMServer.__new__(LLMServer)
+    await server.__init__(cfg, engine=engine)
+    gate = AdmissionGate("m", cfg.admission, replicas=lambda: 1)
+    # No handle at all: a colocated model reached through one would fail with a KeyError.
+    caller = ModelCaller({"m": cfg}, {}, {"m": gate}, TenantRateLimiter(None, key_prefix="t"), local={"m": server})
+    return cfg, caller, gate
+
+
+def _colocated_ctx(cfg: ModelConfig, stream: bool, timeout_s: float | None = None) -> RequestContext:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream, "max_tokens": 5}
+    view = build_view(RequestKind.CHAT, body, Tenant("t", TenantSettings()), "m", {"m"})
+    deadline = time.time() + timeout_s if timeout_s is not None else None
+    return RequestContext(view=view, request_id="rid", controls=RequestControls(deadline=deadline),
+                          tenant=Tenant("t", TenantSettings()))
+
+
+async def test_a_colocated_model_answers_from_the_engine_in_this_process(replica_context):
+    from deployments.stand_in_engine import StandInEngine
+
+    cfg, caller, gate = await _colocated(StandInEngine("m", ttft_s=0.001, itl_s=0.001, interval_s=0.0))
+    whole = await caller.call(_colocated_ctx(cfg, stream=False))
+    assert whole.status_code == 200 and whole.body.count(b" tok") == 5
+    streamed = await caller.call(_colocated_ctx(cfg, stream=True))
+    text = "".join([c async for c in streamed.body_iterator])
+    assert text.count(" tok") == 5 and text.endswith("data: [DONE]\n\n")
+    assert gate.inflight == 0  # both slots given back
+
+
+async def test_a_client_leaving_a_colocated_stream_aborts_its_generation(replica_context):
+    from deployments.stand_in_engine import StandInEngine
+
+    engine = StandInEngine("m", ttft_s=0.001, itl_s=0.2, interval_s=0.0)
+    cfg, caller, gate = await _colocated(engine)
+    streamed = await caller.call(_colocated_ctx(cfg, stream=True))
+    it = streamed.body_iterator
+    await it.__anext__()  # the head: the generation is running
+    await it.aclose()  # what SSEResponse does when the client disconnects
+    for _ in range(50):
+        if engine.aborts:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.aborts == ["chatcmpl-rid"] and gate.inflight == 0
+
+
+async def test_a_colocated_head_that_never_comes_is_bounded_and_its_generation_aborted(replica_context):
+    from deployments.stand_in_engine import StandInEngine
+
+    engine = StandInEngine("m", ttft_s=0.001, itl_s=0.001)
+    engine.frozen = True  # no output at all, as an engine process stopped with SIGSTOP
+    cfg, caller, gate = await _colocated(engine, retries=2)
+    t0 = time.monotonic()
+    with pytest.raises(APIError) as e:
+        await asyncio.wait_for(caller.call(_colocated_ctx(cfg, stream=True, timeout_s=0.3)), 10)
+    assert e.value.status == 504 and 0.25 <= time.monotonic() - t0 < 2
+    for _ in range(50):
+        if engine.aborts:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.aborts == ["chatcmpl-rid"] and gate.inflight == 0
