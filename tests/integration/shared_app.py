@@ -9,7 +9,8 @@ admission and fault tests (`routed_model_config`); and the repo's real default m
 (`builtin:smollm2-135m-instruct`) with one replica, for tests/integration/test_real_model.py and the
 README's examples (`real_model_config`). The same `serve run` starts a second application at /secure,
 configured as production is (`secure_app_config`): auth on, tenants with limits, two ingress
-replicas, its cache in the first app's Valkey under its own namespace.
+replicas, its cache in the first app's Valkey under its own namespace; and a third at /colocated
+with `ingress.colocate` (the demo model's engine inside the ingress replica, `colocated_app_config`).
 The first app logs payloads (`ingress.log_payloads`, for its test) and serves a fourth model, the
 stand-in engine under queue-length autoscaling (`autoscaled_model_config`). The secure app also
 carries settings whose promises need an app of their own and that its other tests do not notice: an
@@ -154,6 +155,27 @@ def secure_app_config(main_app: dict, first_model: dict, redis_port: int) -> dic
     return app
 
 
+# A third application with `ingress.colocate`: the demo model's engine inside its one ingress replica
+# (tests/integration/test_colocated.py); its cache in the first app's Valkey under its own namespace.
+COLOCATED_PREFIX = "/colocated"
+
+
+def colocated_app_config(main_app: dict, first_model: dict, redis_port: int) -> dict:
+    app = copy.deepcopy(main_app)
+    app.update(name="raygate-colocated", route_prefix=COLOCATED_PREFIX)
+    model = copy.deepcopy(first_model)
+    model["num_cpus"] = 0.1
+    model["deployment"].pop("autoscaling_config", None)
+    model["deployment"]["num_replicas"] = 1
+    args = app["args"]
+    args["models"] = [model]
+    args["ingress"]["colocate"] = True
+    args["ingress"]["deployment"] = {"num_replicas": 1, "max_ongoing_requests": 1024}
+    args["cache"].update(redis_url=f"redis://127.0.0.1:{redis_port}/0", namespace="colocated", semantic=False,
+                         deployment={"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}})
+    return app
+
+
 def _wait_healthy(url: str, timeout_s: float) -> None:
     import time
     import urllib.request
@@ -183,12 +205,14 @@ def build_test_app(port: int, log_dir: Path) -> Raygate:
                  "ingress.cors.allow_origins": [CORS_ORIGIN],
                  "models": [first, routed_model_config(tiny), autoscaled_model_config(tiny), real_model_config(models[0])]}
     return Raygate(REPO / "serve_config.yaml", port, log_dir, overrides=overrides,
-                   extra_apps=[secure_app_config(main_app, tiny, redis_port)])
+                   extra_apps=[secure_app_config(main_app, tiny, redis_port),
+                               colocated_app_config(main_app, tiny, redis_port)])
 
 
 def start_test_app(srv: Raygate) -> None:
     srv.start(timeout_s=600)
     _wait_healthy(srv.base_url + SECURE_PREFIX + "/health", timeout_s=300)
+    _wait_healthy(srv.base_url + COLOCATED_PREFIX + "/health", timeout_s=300)
 
 
 _running: list[Raygate] = []  # the shared app while it runs

@@ -71,3 +71,25 @@ def test_cache_block_is_validated():
         AppConfig.model_validate({"cache": {"namespace": "bad name with spaces"}})
     with pytest.raises(ValidationError, match="simlarity_threshold"):
         AppConfig.model_validate({"cache": {"simlarity_threshold": 0.9}})
+
+
+def test_a_colocated_ingress_reserves_what_the_first_models_replica_would():
+    from deployments.app import ingress_options
+
+    models = [{"model": "builtin:tiny-llama", "num_cpus": 1, "num_gpus": 1, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+              {"model": "builtin:tiny-llama", "served_model_name": "other"}]
+    plain = ingress_options(AppConfig.model_validate({"models": models}))
+    assert "num_gpus" not in (plain.get("ray_actor_options") or {})
+    colocated = ingress_options(AppConfig.model_validate({"models": models, "ingress": {"colocate": True}}))
+    actor = colocated["ray_actor_options"]
+    assert actor["num_cpus"] == 1 and actor["num_gpus"] == 1
+    assert actor["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+def test_a_colocated_model_with_a_placement_group_is_refused_naming_the_model():
+    from deployments.app import ingress_options
+
+    big = {"model": "builtin:tiny-llama", "served_model_name": "big", "num_gpus": 4,
+           "engine_args": {"tensor_parallel_size": 4}}
+    with pytest.raises(ValueError, match="colocate: model big"):
+        ingress_options(AppConfig.model_validate({"models": [big], "ingress": {"colocate": True}}))
