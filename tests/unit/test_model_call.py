@@ -20,9 +20,6 @@ from deployments.request_controls import RequestControls
 from deployments.request_view import build_view
 from deployments.tenants import Tenant, TenantSettings
 
-# One event loop for the module: LLMServer's `@serve.batch` queue is bound to the loop it first ran in,
-# as in a replica, which has one loop (tests/unit/test_llm_server.py does the same).
-pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 class _NeverAnswers:
@@ -154,7 +151,10 @@ async def _colocated(engine, **cfg_fields):
     from deployments.llm_server import LLMServer
     from deployments.rate_limits import TenantRateLimiter
 
-    cfg = ModelConfig(model="stand-in", served_model_name="m", engine="stand_in", warmup_requests=0, **cfg_fields)
+    # Submission batching off: `@serve.batch`'s queue belongs to the decorated function (one per process,
+    # as in a replica) and is bound to the loop it first ran in, which other test modules' loops own.
+    cfg = ModelConfig(model="stand-in", served_model_name="m", engine="stand_in", warmup_requests=0,
+                      submit_batching={"enabled": False}, **cfg_fields)
     server = LLMServer.__new__(LLMServer)
     await server.__init__(cfg, engine=engine)
     gate = AdmissionGate("m", cfg.admission, replicas=lambda: 1)
