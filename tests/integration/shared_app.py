@@ -9,8 +9,7 @@ admission and fault tests (`routed_model_config`); and the repo's real default m
 (`builtin:smollm2-135m-instruct`) with one replica, for tests/integration/test_real_model.py and the
 README's examples (`real_model_config`). The same `serve run` starts a second application at /secure,
 configured as production is (`secure_app_config`): auth on, tenants with limits, two ingress
-replicas, its cache in the first app's Valkey under its own namespace. (`colocated_app_config`, an app
-with `ingress.colocate`, is not started: with it the shared app once missed its 600 s start-up bound.)
+replicas, its cache in the first app's Valkey under its own namespace.
 The first app logs payloads (`ingress.log_payloads`, for its test) and serves a fourth model, the
 stand-in engine under queue-length autoscaling (`autoscaled_model_config`). The secure app also
 carries settings whose promises need an app of their own and that its other tests do not notice: an
@@ -152,28 +151,6 @@ def secure_app_config(main_app: dict, first_model: dict, redis_port: int) -> dic
                     "team-b": {"max_tokens": 8, "max_n": 2, "max_messages": 4, "tokens_per_minute": 400}},
         "default_tenant": {"max_tokens": 16, "max_n": 2, "max_messages": 64},
     }
-    return app
-
-
-# A third application with `ingress.colocate`: the demo model's engine inside its one ingress replica
-# (tests/integration/test_colocated.py). No cache: the app must fit what is left of the host's 2
-# logical CPUs and 24 GB (a SemanticCache replica is ~0.8 GB), and the cache steps before the model
-# call are the same code as in the first app, whose tests cover them.
-COLOCATED_PREFIX = "/colocated"
-
-
-def colocated_app_config(main_app: dict, first_model: dict) -> dict:
-    app = copy.deepcopy(main_app)
-    app.update(name="raygate-colocated", route_prefix=COLOCATED_PREFIX)
-    model = copy.deepcopy(first_model)
-    model["num_cpus"] = 0.01  # the ingress replica's reservation: a Ray reservation only
-    model["deployment"].pop("autoscaling_config", None)
-    model["deployment"]["num_replicas"] = 1
-    args = app["args"]
-    args["models"] = [model]
-    args["ingress"]["colocate"] = True
-    args["ingress"]["deployment"] = {"num_replicas": 1, "max_ongoing_requests": 1024}
-    args["cache"]["enabled"] = False
     return app
 
 
