@@ -21,11 +21,12 @@ from cache.service import SemanticCache
 from deployments.autoscaling import QueueLengthPolicy
 from deployments.config import AppConfig, ModelConfig, llm_deployment_name
 from deployments.ingress import Ingress
+from deployments.ingress_router import IngressRouter
 from deployments.llm_server import LLMServer
 from deployments.placement import replica_placement
 from router.policy import RouterSettings
 from router.prompt_text import routing_text
-from router.request_router import PrefixAwareRequestRouter
+from router.request_router import ROUTING_STATS_PERIOD_S, PrefixAwareRequestRouter
 
 logger = logging.getLogger("ray.serve")
 
@@ -75,7 +76,7 @@ def _router_config(cfg: ModelConfig) -> dict | None:
     kwargs.setdefault("warm_prefixes", [warm_prefix_text(p) for p in cfg.warmup_system_prompts])
     config["request_router_kwargs"] = RouterSettings.model_validate(kwargs).model_dump()
     # How soon routers learn that a replica's engine stalled (LLMServer.record_routing_stats).
-    config.setdefault("request_routing_stats_period_s", 2.0)
+    config.setdefault("request_routing_stats_period_s", ROUTING_STATS_PERIOD_S)
     return config
 
 
@@ -141,10 +142,17 @@ def build_cache_deployments(cfg: CacheConfig) -> tuple[Application, Application 
     return cache, redis
 
 
+# Serve options that size a deployment: with ingress.colocate the ingress replicas are the first
+# model's replicas, so they follow that model's.
+REPLICA_COUNT_KEYS = ("num_replicas", "autoscaling_config")
+
+
 def ingress_options(config: AppConfig) -> dict:
     """The Ingress deployment's Serve options; with `ingress.colocate`, each ingress replica also
-    reserves what the first model's replica would (CPUs, GPUs, custom resources, its environment)
-    and gets that model's start-up allowance and health-check timing."""
+    reserves what the first model's replica would (CPUs, GPUs, custom resources, its environment),
+    gets that model's start-up allowance and health-check timing, and the deployment is sized as the
+    model's would be: its `num_replicas` or `autoscaling_config` (the queue-length policy reads the
+    engine's counts from `Ingress.record_autoscaling_stats`) replace the ingress's own."""
     options = config.ingress.deployment.as_options()
     if not config.ingress.colocate:
         return options
@@ -154,15 +162,35 @@ def ingress_options(config: AppConfig) -> dict:
                          "pipeline_parallel_size > 1); serve it from its own LLM deployment")
     check_autoscaling_policy(first)
     _check_startup_allowance(first)
+    sizing = {k: v for k, v in first.deployment.as_options().items() if k in REPLICA_COUNT_KEYS}
+    own = {k: options.pop(k) for k in REPLICA_COUNT_KEYS if k in options}
+    if own and own != sizing:
+        logger.info("ingress.colocate: the ingress deployment is sized as model %s (%s), not by "
+                    "ingress.deployment (%s)", first.name, sizing or "Serve's default", own)
+    options.update(sizing)
+    if may_scale_out(first):
+        # HAProxy asks IngressRouter which ingress replica serves a request (deployments/ingress_router.py):
+        # it runs the model's prefix/session/load-aware router over the ingress replicas.
+        options["request_router_config"] = _router_config(first)
     actor = _llm_actor_options(first)
-    own = dict(options.get("ray_actor_options") or {})
+    actor_options = dict(options.get("ray_actor_options") or {})
     for key in ("num_cpus", "num_gpus", "resources", "runtime_env", "accelerator_type"):
         if key in actor:
-            own[key] = actor[key]
-    options["ray_actor_options"] = own
+            actor_options[key] = actor[key]
+    options["ray_actor_options"] = actor_options
     options.setdefault("health_check_period_s", 5)
     options.setdefault("health_check_timeout_s", 30)
     return options
+
+
+def may_scale_out(cfg: ModelConfig) -> bool:
+    """Whether the model's deployment may run more than one replica."""
+    options = cfg.deployment.as_options()
+    auto = options.get("autoscaling_config")
+    if auto is not None:
+        return int(auto.get("max_replicas", 1)) > 1
+    replicas = options.get("num_replicas", 1)
+    return replicas == "auto" or int(replicas) > 1
 
 
 def build_app(args: AppConfig) -> Application:
@@ -170,4 +198,8 @@ def build_app(args: AppConfig) -> Application:
     served_here = {config.models[0].name} if config.ingress.colocate else set()
     llm = {m.name: build_llm_deployment(m) for m in config.models if m.name not in served_here}
     cache, redis = build_cache_deployments(config.cache) if config.cache.enabled else (None, None)
-    return Ingress.options(**ingress_options(config)).bind(config, llm, cache, redis)
+    ingress = Ingress.options(**ingress_options(config)).bind(config, llm, cache, redis)
+    if config.ingress.colocate and may_scale_out(config.models[0]):
+        router = IngressRouter.options(name="IngressRouter").bind(ingress, config.models[0].name)
+        return ingress._with_ingress_request_router(router)
+    return ingress

@@ -280,9 +280,10 @@ class IngressConfig(BaseModel):
     grpc_handles: bool = True
     # The first model's engine runs inside each ingress replica (no LLM deployment, no gRPC hop for it):
     # the serving layer's per-request cost without the second process (docs/architecture.md, issue 16).
-    # HAProxy balances the ingress replicas; that model's requests are served by the replica that
-    # received them: prefix-cache and session routing across replicas do not apply to it. Other
-    # models keep their LLM deployments. Not with tensor/pipeline parallelism (a placement group).
+    # The ingress deployment is sized as that model's (num_replicas or autoscaling_config); with more
+    # than one replica HAProxy asks IngressRouter (deployments/ingress_router.py) which replica serves
+    # each request, by the model's prefix/session/load-aware router. Other models keep their LLM
+    # deployments. Not with tensor/pipeline parallelism (a placement group).
     colocate: bool = False
     cors: CorsConfig = Field(default_factory=CorsConfig)
     # Log each request's body and each non-streamed answer (tenant, model, prompt, completion) at INFO.

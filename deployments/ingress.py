@@ -41,6 +41,7 @@ from deployments.request_parsing import parse_json_object
 from deployments.sse import SSEResponse
 from deployments.request_view import RequestKind, RequestView, build_view
 from router import registry
+from router.request_router import INFLIGHT_STAT
 
 logger = logging.getLogger("ray.serve")
 
@@ -417,6 +418,22 @@ class Ingress:
         gets the replica replaced, as an LLM replica would be)."""
         for local in self._local.values():
             await local.check_health()
+
+    def record_routing_stats(self) -> dict:
+        """Serve pushes this to the ingress deployment's router (deployments/ingress_router.py): with a
+        colocated engine that stalled, this replica is skipped until it is replaced."""
+        for local in self._local.values():
+            load = local.engine_load()
+            return {**local.record_routing_stats(), INFLIGHT_STAT: load.running + load.waiting}
+        return {}
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's autoscaler calls this on every replica: with a colocated engine, that engine's running
+        and waiting counts, which deployments/autoscaling.py's queue-length policy reads (the ingress
+        deployment is then sized by the model's autoscaling_config, deployments/app.py)."""
+        for local in self._local.values():
+            return local.record_autoscaling_stats()
+        return {}
 
     def __del__(self):
         for local in getattr(self, "_local", {}).values():

@@ -23,7 +23,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
 from deployments.autoscaling import ENGINE_RUNNING, ENGINE_WAITING
 from deployments.config import ModelConfig
-from deployments.engine_protocol import Engine, ServeResult, engine_class
+from deployments.engine_protocol import Engine, EngineLoad, ServeResult, engine_class
 from deployments.engine_watchdog import EngineWatchdog
 from common.process_reaper import start_reaper
 from common.errors import error_body
@@ -226,6 +226,10 @@ class LLMServer:
             "requests_started": load.requests_started,
             "requests_finished": load.requests_finished,
         }
+
+    def engine_load(self) -> EngineLoad:
+        """The engine's load now (deployments/engine_protocol.py `EngineLoad`)."""
+        return self._engine.load()
 
     def record_routing_stats(self) -> dict[str, Any]:
         """Serve pushes this to every router of the deployment (request_routing_stats_period_s): a

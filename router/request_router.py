@@ -37,6 +37,16 @@ from router.prompt_text import routing_text
 logger = logging.getLogger("ray.serve")
 
 UNHEALTHY_STAT = "unhealthy"  # a replica's routing stats key: true once it must not get requests
+# A replica's routing stats key: requests its engine holds (running + waiting). Read only for choices
+# that are not sent through Serve (ROUTE_ONLY_KWARG), whose queue lengths Serve never counts.
+INFLIGHT_STAT = "inflight"
+# A keyword argument of `DeploymentHandle.choose_replica(..., _reserve=False)`: the choice is final
+# here, and the request goes by another way (HAProxy, deployments/ingress_router.py), so Serve will
+# neither report it routed nor count it in a queue length.
+ROUTE_ONLY_KWARG = "route_only"
+# How often Serve pushes each replica's routing stats to its routers (deployments/app.py sets
+# request_routing_stats_period_s to this unless the config gives its own).
+ROUTING_STATS_PERIOD_S = 2.0
 # A keyword argument of an LLM call that the router reads: a replica's unique id, for admin calls
 # that must reach one given replica. The session id is not an argument: the ingress sets it as Serve's
 # request metadata (`handle.options(session_id=...)`), where Serve's own session routing reads it.
@@ -67,6 +77,8 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         self._deployment = self._deployment_id.name if self._deployment_id else ""
         self._assigned: defaultdict[ReplicaID, deque[float]] = defaultdict(deque)  # assigned, not yet sent
         self._unavailable: dict[str, float] = {}  # replica unique id -> skipped until (monotonic)
+        self._route_only_recent: defaultdict[ReplicaID, deque[float]] = defaultdict(deque)  # ROUTE_ONLY_KWARG
+        self._stats_period_s = ROUTING_STATS_PERIOD_S
         registry.register(self)
 
     def mark_unavailable(self, replica_unique_id: str, for_s: float = UNAVAILABLE_SKIP_S) -> None:
@@ -114,14 +126,37 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         request = _request(pending_request)
         text = routing_text(request) if request is not None else ""
         by_id = {r.replica_id: r for r in candidate_replicas}
-        loads = {rid: self._replica_queue_len_cache.get(rid) for rid in by_id}
         session = pending_request.metadata.session_id or None
+        if pending_request.kwargs.get(ROUTE_ONLY_KWARG):
+            return [[by_id[self._route_only(by_id, text, session, now)]]]
+        loads = {rid: self._replica_queue_len_cache.get(rid) for rid in by_id}
         decision = self.policy.choose(list(by_id), loads, text, session)
         key = pending_request.metadata.internal_request_id
         self._decisions[key] = decision
         while len(self._decisions) > _MAX_UNROUTED:  # requests cancelled before they were routed
             self._decisions.popitem(last=False)
         return [[by_id[rid] for rid in rank] for rank in decision.ranks]
+
+    def _route_only(self, by_id: dict[ReplicaID, RunningReplica], text: str, session: Optional[str],
+                    now: float) -> ReplicaID:
+        """A final choice for a request that Serve will not send: the least loaded of the policy's first
+        rank, recorded as routed at once. Loads: what each replica's engine held at its last routing
+        stats (every request_routing_stats_period_s) plus the choices made here since, so that a burst
+        between two reports is spread."""
+        recent = self._route_only_recent
+        loads = {}
+        for rid, replica in by_id.items():
+            sent = recent[rid]
+            while sent and now - sent[0] > self._stats_period_s:
+                sent.popleft()
+            loads[rid] = int((replica.routing_stats or {}).get(INFLIGHT_STAT) or 0) + len(sent)
+        decision = self.policy.choose(list(by_id), loads, text, session)
+        first = next(rank for rank in decision.ranks if rank)
+        chosen = min(first, key=lambda rid: loads[rid])
+        recent[chosen].append(now)
+        self.policy.routed(decision, chosen)
+        metrics.DECISIONS.inc(tags={"deployment": self._deployment, "decision": decision.reason})
+        return chosen
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
                           result: ReplicaResult) -> None:

@@ -352,6 +352,13 @@ def _keys(obj, skip=("id",)) -> object:
     return type(obj).__name__ if obj is not None else None
 
 
+def _cut_call(r: httpx.Response) -> bool:
+    """Whether an answer (whole or streamed) ended at max_tokens."""
+    if r.headers["content-type"].startswith("text/event-stream"):
+        return any(c.get("finish_reason") == "length" for e in _events(r) for c in e.get("choices") or [])
+    return any(c["finish_reason"] == "length" for c in r.json()["choices"])
+
+
 # name -> (path, fields, on the real model). n > 1 needs sampling (vLLM refuses it greedy); a seed
 # makes it reproducible, so cacheable. Tool calls need the real model (see above).
 SEEDED = {"n": 2, "temperature": 0.8, "seed": 11}
@@ -376,18 +383,25 @@ def test_a_cached_answer_is_the_models_answer_framed_as_the_request_asks(base_ur
                                                                          stream, include_usage, stored_by_stream):
     path, extra, on_real_model = CASES[case]
     model_name = real_model if on_real_model else model_name
-    text = _fresh("What is the weather in Paris?" if on_real_model else "Describe the sea.")
-    if path == CHAT:
-        base = {"model": model_name, "messages": [{"role": "user", "content": text}], "temperature": 0,
-                "max_tokens": 12, **extra}
-    else:
-        base = {"model": model_name, "prompt": text, "temperature": 0, "max_tokens": 12, **extra}
     framing = {"stream": stream, **({"stream_options": {"include_usage": include_usage}} if stream else {})}
-    model = _post(base_url, path, {**base, **framing, "cache": {"mode": "off"}})
-    assert model.status_code == 200 and model.headers["x-raygate-cache"] == "off"
-    store = {**base, "stream": stored_by_stream}
-    first = _post(base_url, path, store)
-    assert first.status_code == 200 and first.headers["x-raygate-cache"] == "miss"
+    for _ in range(4):
+        text = _fresh("What is the weather in Paris?" if on_real_model else "Describe the sea.")
+        if path == CHAT:
+            base = {"model": model_name, "messages": [{"role": "user", "content": text}], "temperature": 0,
+                    "max_tokens": 12, **extra}
+        else:
+            base = {"model": model_name, "prompt": text, "temperature": 0, "max_tokens": 12, **extra}
+        model = _post(base_url, path, {**base, **framing, "cache": {"mode": "off"}})
+        assert model.status_code == 200 and model.headers["x-raygate-cache"] == "off"
+        store = {**base, "stream": stored_by_stream}
+        first = _post(base_url, path, store)
+        assert first.status_code == 200 and first.headers["x-raygate-cache"] == "miss"
+        # A tool call cut at max_tokens is never stored (cache/responses.py; its own test): the 135M
+        # model sometimes writes a forced call's string argument until the limit. Another prompt then.
+        if not (extra.get("tools") and _cut_call(first)):
+            break
+    else:
+        raise AssertionError("four prompts in a row got a tool call cut at max_tokens")
     if on_real_model and stored_by_stream != stream:
         # With tools, vLLM writes a call's arguments differently streamed and whole: an entry stored
         # by one framing is never served to the other (cache/keys.py), which stores its own.

@@ -93,3 +93,25 @@ def test_a_colocated_model_with_a_placement_group_is_refused_naming_the_model():
            "engine_args": {"tensor_parallel_size": 4}}
     with pytest.raises(ValueError, match="colocate: model big"):
         ingress_options(AppConfig.model_validate({"models": [big], "ingress": {"colocate": True}}))
+
+
+def test_a_colocated_ingress_is_sized_as_the_first_model_with_its_queue_length_policy():
+    from deployments.app import ingress_options
+
+    auto = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16,
+            "policy": {"policy_function": "deployments.autoscaling:QueueLengthPolicy",
+                       "policy_kwargs": {"queue_weight": 2.0}}}
+    model = {"model": "builtin:tiny-llama", "deployment": {"autoscaling_config": auto}}
+    ingress = {"deployment": {"num_replicas": 2, "max_ongoing_requests": 1024}}
+    plain = ingress_options(AppConfig.model_validate({"models": [model], "ingress": ingress}))
+    assert plain["num_replicas"] == 2 and "autoscaling_config" not in plain
+    colocated = ingress_options(AppConfig.model_validate({"models": [model], "ingress": {**ingress, "colocate": True}}))
+    assert "num_replicas" not in colocated and colocated["autoscaling_config"] == auto
+    assert colocated["max_ongoing_requests"] == 1024  # the ingress's own, not the model's
+    fixed = {"model": "builtin:tiny-llama", "deployment": {"num_replicas": 3}}
+    colocated = ingress_options(AppConfig.model_validate({"models": [fixed], "ingress": {**ingress, "colocate": True}}))
+    assert colocated["num_replicas"] == 3 and "autoscaling_config" not in colocated
+    bad = {"model": "builtin:tiny-llama", "deployment": {"autoscaling_config": {
+        **auto, "policy": {**auto["policy"], "policy_kwargs": {"queue_weight": 0.5}}}}}
+    with pytest.raises(ValueError, match="policy_kwargs"):
+        ingress_options(AppConfig.model_validate({"models": [bad], "ingress": {"colocate": True}}))

@@ -164,3 +164,55 @@ def test_a_replica_that_refused_for_a_lost_engine_is_skipped_at_once_and_not_for
         assert routed[0].replica_id.unique_id in {"a", "b"}
 
     asyncio.run(main())
+
+
+async def _route_only(router: PrefixAwareRequestRouter, body: dict, session_id: str = "") -> str:
+    """A choice as deployments/ingress_router.py asks for it: the raw body, final, never sent by Serve."""
+    from router.request_router import ROUTE_ONLY_KWARG
+
+    pending = PendingRequest(args=[body], kwargs={ROUTE_ONLY_KWARG: True}, metadata=RequestMetadata(
+        request_id=uuid.uuid4().hex, internal_request_id=uuid.uuid4().hex, session_id=session_id))
+    [rank] = await router.choose_replicas(list(router._replicas.values()), pending)
+    assert len(rank) == 1, "a route-only choice names one replica"
+    return rank[0].replica_id.unique_id
+
+
+def _chat_body(system: str, text: str) -> dict:
+    return {"model": "m", "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}]}
+
+
+def test_route_only_choices_are_recorded_so_a_prefix_and_a_session_stay_on_one_replica():
+    """Serve never calls on_request_routed for a choice it does not send: the router records it itself,
+    or every turn of a conversation would be a fresh (load-balanced) choice."""
+
+    async def main():
+        router = _router()
+        router.update_replicas([StandInReplica("a"), StandInReplica("b")])
+        turns = {await _route_only(router, _chat_body(SYSTEM, f"question {i}")) for i in range(6)}
+        session = {await _route_only(router, _chat_body(f"{i} " * 200, f"turn {i}"), session_id="conv-9")
+                   for i in range(6)}
+        return turns, session
+
+    turns, session = asyncio.run(main())
+    assert len(turns) == 1, turns
+    assert len(session) == 1, session
+
+
+def test_route_only_choices_spread_by_reported_engine_load_and_by_choices_since_the_last_report():
+    from router.request_router import INFLIGHT_STAT
+
+    async def main():
+        router = _router(imbalance_abs=2, imbalance_rel=1.5)
+        busy, idle = StandInReplica("busy"), StandInReplica("idle")
+        busy.routing_stats, idle.routing_stats = {INFLIGHT_STAT: 30}, {INFLIGHT_STAT: 0}
+        router.update_replicas([busy, idle])
+        # Distinct prompts, no session: the engine that reports less load gets them.
+        first = [await _route_only(router, _chat_body(f"{i} " * 100, "x")) for i in range(5)]
+        # Both report 0 now, but the 5 choices just made (within one report period) weigh against `idle`.
+        busy.routing_stats = idle.routing_stats = {INFLIGHT_STAT: 0}
+        spread = [await _route_only(router, _chat_body(f"new {i} " * 100, "y")) for i in range(4)]
+        return first, spread
+
+    first, spread = asyncio.run(main())
+    assert first == ["idle"] * 5, first
+    assert spread == ["busy"] * 4, spread
