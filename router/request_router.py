@@ -191,6 +191,8 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         added = [r.replica_id for r in replicas if r.replica_id not in self._replica_id_set]
         super().update_replicas(replicas)
         self.policy.replicas_changed([r.replica_id for r in replicas], added)
+        for gone in set(self._route_only_recent) - {r.replica_id for r in replicas}:
+            del self._route_only_recent[gone]
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)

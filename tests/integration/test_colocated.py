@@ -162,22 +162,46 @@ def test_haproxy_keeps_a_conversation_and_a_session_on_one_colocated_replica(url
     assert len(set(asked)) == 1, f"a session's requests were spread over replicas: {asked}"
 
 
-def test_a_client_leaving_a_stream_aborts_the_colocated_engines_request(url):
-    body = {"model": TEST_MODEL, "max_tokens": 1500, "stream": True, "ignore_eos": True,
-            "cache": {"mode": "off"}, "messages": [{"role": "user", "content": f"long {uuid.uuid4().hex}"}]}
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
-        assert r.status_code == 200
-        ingress = r.headers["x-raygate-ingress"]
-        lines = r.iter_lines()
-        for _ in range(3):
-            next(lines)
-        generating = _engine(url, ingress)
-        assert generating["unfinished"] >= 1, generating
-    # The connection is closed mid-stream: the engine must drop the request, not finish 1,500 tokens.
+def test_clients_leaving_their_streams_abort_the_colocated_engines_requests(url):
+    """Six 2,000-token streams of one session (so one replica), each left after its first chunk: the
+    engine must drop them (unfinished back to 0 within seconds, none counted finished), not generate
+    12,000 tokens. Several streams, so that the engine cannot finish them before the check (one
+    stream of the demo model can end within a second or two)."""
+    session = {"x-session-id": f"abort-{uuid.uuid4().hex[:12]}"}
+
+    async def main() -> tuple[str, dict]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            async def one(i: int) -> tuple[str, list]:
+                body = {"model": TEST_MODEL, "max_tokens": 2000, "stream": True, "ignore_eos": True,
+                        "cache": {"mode": "off"}, "messages": [{"role": "user", "content": f"long {i} {uuid.uuid4().hex}"}]}
+                stream = client.stream("POST", url + "/v1/chat/completions", json=body, headers=session)
+                r = await stream.__aenter__()
+                assert r.status_code == 200
+                seen, lines = [], r.aiter_lines()  # kept: a line iterator collected mid-body closes the connection
+                async for line in lines:
+                    seen.append(line)
+                    if line.startswith("data: {"):
+                        break
+                return r.headers["x-raygate-ingress"], seen, (stream, lines)
+
+            opened = await asyncio.gather(*(one(i) for i in range(6)))
+            ingresses = {ingress for ingress, _, _ in opened}
+            assert len(ingresses) == 1, f"one session, one replica: {ingresses}"
+            (ingress,) = ingresses
+            for _, seen, _ in opened:
+                assert "error" not in json.loads(seen[-1][6:]), seen
+            generating = await asyncio.to_thread(_engine, url, ingress)
+            for _, _, (stream, _) in opened:  # the clients leave mid-stream
+                await stream.__aexit__(None, None, None)
+            return ingress, generating
+
+    ingress, generating = asyncio.run(main())
+    assert generating["unfinished"] >= 1, f"nothing generating while 6 streams were open: {generating}"
     deadline = time.monotonic() + 10
     while (now := _engine(url, ingress))["unfinished"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert now["unfinished"] == 0, now
+    assert now["requests_finished"] == generating["requests_finished"], (generating, now)
 
 
 async def _stream(client: httpx.AsyncClient, url: str, i: int) -> None:
