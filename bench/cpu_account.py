@@ -18,6 +18,7 @@ _GROUPS = [
     (re.compile(r"VLLM::Worker"), "vllm worker"),
     (re.compile(r"VLLM::EngineCore"), "vllm engine core"),
     (re.compile(r"ray::ServeReplica:[^:]+:LLM"), "serve LLM replica"),
+    (re.compile(r"ray::ServeReplica:[^:]+:IngressRouter"), "serve ingress router"),
     (re.compile(r"ray::ServeReplica:[^:]+:Ingress"), "serve ingress"),
     (re.compile(r"ray::ServeReplica:[^:]+:SemanticCache"), "serve cache replicas"),
     (re.compile(r"valkey-server"), "valkey"),

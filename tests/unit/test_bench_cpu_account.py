@@ -16,6 +16,7 @@ def test_processes_are_grouped_and_daemons_named_apart():
     assert cpu_account._detail(agent) == "ray daemons: dashboard/agent.py"
     assert cpu_account._detail(gcs) == "ray daemons: gcs_server"
     assert cpu_account._detail(ingress) == "serve ingress"  # not a daemon: its group as is
+    assert cpu_account._group("ray::ServeReplica:raygate:IngressRouter") == "serve ingress router"
     assert cpu_account._detail("/usr/bin/sshd -D") == "other: sshd"
 
 
