@@ -190,7 +190,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     model = AppConfig.model_validate(app_args).models[0].name
     overrides = {"cache.enabled": False, "models.0.num_cpus": 0.5,  # Ray reservations: 2 replicas on 2 cores
                  "models.0.deployment.num_replicas": None, "models.0.deployment.autoscaling_config": _autoscaling(args),
-                 "models.0.admission.max_inflight_per_replica": 256}
+                 "models.0.admission.max_inflight_per_replica": 256,
+                 # The model's own LLM deployment, whose replicas the sampler counts (a colocated model's
+                 # replicas are the ingress's: tests/integration/test_colocated.py covers that scaling).
+                 "ingress.colocate": False}
     srv = Raygate(args.config, free_port(), REPO / "bench" / "results" / "logs", label="raygate-autoscaling",
                   overrides=overrides)
     print("starting raygate ...", flush=True)

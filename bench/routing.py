@@ -191,6 +191,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
                      "models.0.deployment.autoscaling_config": None, "cache.enabled": False,
                      "models.0.num_cpus": round(1.8 / args.replicas, 2),  # Ray reservations on a 2-core host
                      "models.0.admission.max_inflight_per_replica": 256, "models.0.admission.max_queued": 1024,
+                     # The LLM deployment's replicas, whose engine counters are read through a handle.
+                     "ingress.colocate": False,
                      **CONTENDERS[label], **dict(kv.split("=", 1) for kv in args.set)}
         if args.kv_blocks:
             overrides["models.0.engine_args.num_gpu_blocks_override"] = args.kv_blocks

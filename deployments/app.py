@@ -154,9 +154,9 @@ def ingress_options(config: AppConfig) -> dict:
     model's would be: its `num_replicas` or `autoscaling_config` (the queue-length policy reads the
     engine's counts from `Ingress.record_autoscaling_stats`) replace the ingress's own."""
     options = config.ingress.deployment.as_options()
-    if not config.ingress.colocate:
+    first = config.colocated_model()
+    if first is None:
         return options
-    first = config.models[0]
     if replica_placement(first).bundles is not None:
         raise ValueError(f"ingress.colocate: model {first.name} needs a placement group (tensor_parallel_size x "
                          "pipeline_parallel_size > 1); serve it from its own LLM deployment")
@@ -195,11 +195,12 @@ def may_scale_out(cfg: ModelConfig) -> bool:
 
 def build_app(args: AppConfig) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
-    served_here = {config.models[0].name} if config.ingress.colocate else set()
+    colocated = config.colocated_model()
+    served_here = {colocated.name} if colocated is not None else set()
     llm = {m.name: build_llm_deployment(m) for m in config.models if m.name not in served_here}
     cache, redis = build_cache_deployments(config.cache) if config.cache.enabled else (None, None)
     ingress = Ingress.options(**ingress_options(config)).bind(config, llm, cache, redis)
-    if config.ingress.colocate and may_scale_out(config.models[0]):
-        router = IngressRouter.options(name="IngressRouter").bind(ingress, config.models[0].name)
+    if colocated is not None and may_scale_out(colocated):
+        router = IngressRouter.options(name="IngressRouter").bind(ingress, colocated.name)
         return ingress._with_ingress_request_router(router)
     return ingress

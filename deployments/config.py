@@ -283,8 +283,10 @@ class IngressConfig(BaseModel):
     # The ingress deployment is sized as that model's (num_replicas or autoscaling_config); with more
     # than one replica HAProxy asks IngressRouter (deployments/ingress_router.py) which replica serves
     # each request, by the model's prefix/session/load-aware router. Other models keep their LLM
-    # deployments. Not with tensor/pipeline parallelism (a placement group).
-    colocate: bool = False
+    # deployments. Not with tensor/pipeline parallelism (a placement group): "auto" (the default)
+    # colocates unless the first model needs one; true colocates or refuses such a model; false keeps
+    # every model in its own LLM deployment (the graph: docs/architecture.md "The colocated ingress").
+    colocate: bool | Literal["auto"] = "auto"
     cors: CorsConfig = Field(default_factory=CorsConfig)
     # Log each request's body and each non-streamed answer (tenant, model, prompt, completion) at INFO.
     # Off by default: prompts and completions are the users' data, not operational telemetry.
@@ -315,3 +317,15 @@ class AppConfig(BaseModel):
         if dup:
             raise ValueError(f"duplicate served model names: {sorted(dup)}")
         return self
+
+    def colocated_model(self) -> Optional[ModelConfig]:
+        """The model whose engine runs inside each ingress replica (`ingress.colocate`), or None.
+
+        "auto" colocates the first model unless it needs a placement group (tensor_parallel_size x
+        pipeline_parallel_size > 1); true always names it (the app then refuses such a model)."""
+        first, mode = self.models[0], self.ingress.colocate
+        if mode is False:
+            return None
+        if mode == "auto" and replica_placement(first).world_size > 1:
+            return None
+        return first

@@ -170,9 +170,9 @@ class Ingress:
         self._config = config
         # ingress.colocate: the first model's engine in this process (started here: blocks until loaded).
         self._local: dict[str, LLMServer] = {}
-        if config.ingress.colocate:
-            first = config.models[0]
-            self._local[first.name] = await LLMServer.in_process(first)
+        colocated = config.colocated_model()
+        if colocated is not None:
+            self._local[colocated.name] = await LLMServer.in_process(colocated)
         self._models: dict[str, ModelConfig] = {m.name: m for m in config.models}
         self._default_model = config.models[0].name
         by_ref = not config.ingress.grpc_handles

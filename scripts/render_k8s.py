@@ -79,6 +79,8 @@ OVERRIDES: dict[str, Any] = {
     # A GPU-sized Hugging Face model instead of the CPU default built offline (any vLLM-supported id works).
     _LLM + "model": "Qwen/Qwen2.5-1.5B-Instruct",
     _LLM + "served_model_name": "qwen2.5-1.5b-instruct",
+    # Qwen2.5's own chat template renders tools in the Hermes format that the `hermes` parser reads.
+    _LLM + "chat_template": None,
     # One GPU per replica. vLLM's engine-core process and the replica's event loop each keep a core
     # busy; the other half of a worker pod's CPUs is left to the proxy and the ingress/cache replicas.
     _LLM + "num_gpus": GPUS_PER_WORKER,
@@ -105,10 +107,11 @@ OVERRIDES: dict[str, Any] = {
     _APP + "cache.redis_url": REDIS_URL,
     # API keys required; the plain keys come from the Secret API_KEYS_SECRET (see _auth_env).
     _APP + "auth.enabled": True,
-    # The front door's bound per ingress replica follows the LLM replicas the gate may use:
-    # max_replicas x max_inflight_per_replica (128) + max_queued (128), plus 32 for cache hits.
-    "controller_options.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(GPU_WORKERS_MAX * 128 + 160),
-    "applications.0.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(GPU_WORKERS_MAX * 128 + 160),
+    # The front door's bound per ingress replica follows the engines its gate may use. The model is
+    # colocated (ingress.colocate auto, tensor_parallel_size 1): each ingress replica is one GPU pod's
+    # engine, so max_inflight_per_replica (128) + max_queued (128), plus 32 for cache hits.
+    "controller_options.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(128 + 160),
+    "applications.0.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(128 + 160),
 }
 
 
@@ -126,6 +129,9 @@ def _llama_70b(tp: int, pp: int) -> dict[str, Any]:
     return {
         _LLM + "model": "meta-llama/Llama-3.3-70B-Instruct",
         _LLM + "served_model_name": "llama-3.3-70b-instruct",
+        # Llama 3.x's own template writes tool calls as JSON, read by vLLM's `llama3_json` parser.
+        _LLM + "chat_template": None,
+        _LLM + "tool_call_parser": "llama3_json",
         _LLM + "engine_args.tensor_parallel_size": tp,
         _LLM + "engine_args.pipeline_parallel_size": pp,
         _LLM + "engine_args.max_model_len": 8192,

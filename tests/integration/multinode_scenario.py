@@ -70,6 +70,8 @@ def run() -> dict:
         "models.0.resources": {ACCELERATOR: 1},
         "models.0.deployment.autoscaling_config": None,
         "models.0.deployment.num_replicas": 2,
+        # The graph (no colocated engine): the LLM replicas on the worker nodes, the ingress on the head.
+        "ingress.colocate": False,
         # The ingress stays on the head, as on KubeRay (worker nodes come and go).
         "ingress.deployment.ray_actor_options": {"num_cpus": 0.1, "resources": {HEAD: 0.01}},
     }

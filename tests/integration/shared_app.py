@@ -16,6 +16,11 @@ carries settings whose promises need an app of their own and that its other test
 admin key from `RAYGATE_ADMIN_KEYS`, a model rate limit (`rate_limit_rps`), streaming chunks capped at
 a few tokens, and an exact-only cache (`cache.semantic: false`).
 
+Both apps set `ingress.colocate: false` (serve_config.yaml's "auto" runs the first model's engine
+inside the ingress): every model then has its own LLM deployment, whose replicas the tests read engine
+state from, kill and route between through handles. The shipped colocated path has a cluster of its
+own in tests/integration/test_colocated.py, and tests/integration/test_shutdown.py runs the file as is.
+
 A module of its own (not conftest.py) so that tests, conftest.py and scripts/dev_server.py share
 one copy of its state.
 """
@@ -139,6 +144,7 @@ def secure_app_config(main_app: dict, first_model: dict, redis_port: int) -> dic
     args = app["args"]
     args["models"] = [model]
     args["ingress"]["deployment"] = {"num_replicas": 2, "max_ongoing_requests": 1024}
+    args["ingress"]["colocate"] = False  # two ingress replicas in front of one LLM replica
     args["cache"].update(redis_url=f"redis://127.0.0.1:{redis_port}/0", namespace="secure", semantic=False,
                          deployment={"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}})
     args["auth"] = {
@@ -180,7 +186,7 @@ def build_test_app(port: int, log_dir: Path) -> Raygate:
     first = dict(tiny, num_cpus=0.5)
     overrides = {"cache.embedded.port": redis_port, "cache.deployment.num_replicas": 2, "ingress.log_payloads": True,
                  "cache.deployment.autoscaling_config": None,
-                 "ingress.cors.allow_origins": [CORS_ORIGIN],
+                 "ingress.cors.allow_origins": [CORS_ORIGIN], "ingress.colocate": False,
                  "models": [first, routed_model_config(tiny), autoscaled_model_config(tiny), real_model_config(models[0])]}
     return Raygate(REPO / "serve_config.yaml", port, log_dir, overrides=overrides,
                    extra_apps=[secure_app_config(main_app, tiny, redis_port)])

@@ -1,6 +1,6 @@
 """`ingress.colocate`: the first model's engine inside each ingress replica, called without a handle.
 
-`serve run` on the repo's serve_config.yaml with `ingress.colocate: true` (everything else as shipped,
+`serve run` on the repo's serve_config.yaml with its `ingress.colocate: auto` (everything else as shipped,
 the first model on the demo weights with two replicas), and beside it an app at /scaled whose
 colocated model is the stand-in engine under the queue-length autoscaling policy (1 to 2 replicas,
 a 2-request batch). Through HTTP and the official `openai` client:
@@ -54,7 +54,6 @@ def _scaled_app(main_app: dict, first: dict) -> dict:
     model["deployment"]["autoscaling_config"]["downscale_delay_s"] = 3
     args = app["args"]
     args["models"] = [model]
-    args["ingress"]["colocate"] = True
     args["cache"] = {"enabled": False}
     return app
 
@@ -68,7 +67,7 @@ def url():
     two["deployment"].pop("autoscaling_config", None)
     two["deployment"]["num_replicas"] = 2
     srv = Raygate(REPO / "serve_config.yaml", free_port(), Path(tempfile.mkdtemp(prefix="raygate-colocated-")),
-                  overrides={"ingress.colocate": True, "cache.embedded.port": free_port(), "models": [two]},
+                  overrides={"cache.embedded.port": free_port(), "models": [two]},
                   extra_apps=[_scaled_app(main_app, first)])
     srv.start(timeout_s=600)
     try:

@@ -207,9 +207,19 @@ def test_tool_choice_required_and_named_return_tool_calls(oai, real_model):
         assert isinstance(args, dict) and isinstance(args.get("city"), str), args
 
 
-def test_tool_choice_auto_and_none_go_through_the_parser(oai, real_model):
-    """A 135M model seldom writes a <tool_call> unforced; what is checked is that auto reaches the
+def test_tool_choice_auto_shows_the_model_its_tools_and_goes_through_the_parser(oai, real_model):
+    """With tool_choice auto nothing forces a call: the model decides, so it must be shown the tools.
+    The model's own ChatML template ignored `tools` (the same prompt tokens with and without them);
+    serve_config.yaml's Hermes template renders them into the system turn. Then auto reaches the
     hermes parser (no 400 "requires --tool-call-parser") and answers a valid message either way."""
+    text = _fresh("Paris?")
+    plain = oai.chat.completions.create(model=real_model, messages=[{"role": "user", "content": text}],
+                                        max_tokens=1, extra_body={"cache": {"mode": "off"}})
+    offered = oai.chat.completions.create(model=real_model, messages=[{"role": "user", "content": text}],
+                                          tools=[WEATHER_TOOL], tool_choice="auto", max_tokens=1,
+                                          extra_body={"cache": {"mode": "off"}})
+    tool_tokens = len(json.dumps(WEATHER_TOOL["function"])) // 8  # well under its token count
+    assert offered.usage.prompt_tokens > plain.usage.prompt_tokens + tool_tokens, (offered.usage, plain.usage)
     for choice in ("auto", "none"):
         r = oai.chat.completions.create(model=real_model, messages=[{"role": "user", "content": _fresh("Paris?")}],
                                         tools=[WEATHER_TOOL], tool_choice=choice, max_tokens=16, temperature=0)

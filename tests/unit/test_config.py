@@ -78,12 +78,31 @@ def test_a_colocated_ingress_reserves_what_the_first_models_replica_would():
 
     models = [{"model": "builtin:tiny-llama", "num_cpus": 1, "num_gpus": 1, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
               {"model": "builtin:tiny-llama", "served_model_name": "other"}]
-    plain = ingress_options(AppConfig.model_validate({"models": models}))
+    plain = ingress_options(AppConfig.model_validate({"models": models, "ingress": {"colocate": False}}))
     assert "num_gpus" not in (plain.get("ray_actor_options") or {})
     colocated = ingress_options(AppConfig.model_validate({"models": models, "ingress": {"colocate": True}}))
     actor = colocated["ray_actor_options"]
     assert actor["num_cpus"] == 1 and actor["num_gpus"] == 1
     assert actor["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+def test_colocate_auto_is_the_default_and_leaves_a_model_with_a_placement_group_its_own_deployment():
+    from deployments.app import ingress_options
+    from deployments.config import IngressConfig
+
+    assert IngressConfig().colocate == "auto"
+    one = {"model": "builtin:tiny-llama", "served_model_name": "one", "num_gpus": 1}
+    tp = {"model": "builtin:tiny-llama", "served_model_name": "tp", "num_gpus": 2,
+          "engine_args": {"tensor_parallel_size": 2}}
+    config = AppConfig.model_validate({"models": [one, tp]})
+    assert config.colocated_model().name == "one"
+    assert ingress_options(config)["ray_actor_options"]["num_gpus"] == 1
+    config = AppConfig.model_validate({"models": [tp, one]})
+    assert config.colocated_model() is None  # auto: the tensor-parallel model keeps its placement group
+    assert "num_gpus" not in (ingress_options(config).get("ray_actor_options") or {})
+    assert AppConfig.model_validate({"models": [one], "ingress": {"colocate": False}}).colocated_model() is None
+    with pytest.raises(ValidationError, match="colocate"):
+        AppConfig.model_validate({"ingress": {"colocate": "yes"}})
 
 
 def test_a_colocated_model_with_a_placement_group_is_refused_naming_the_model():
@@ -102,7 +121,7 @@ def test_a_colocated_ingress_is_sized_as_the_first_model_with_its_queue_length_p
             "policy": {"policy_function": "deployments.autoscaling:QueueLengthPolicy",
                        "policy_kwargs": {"queue_weight": 2.0}}}
     model = {"model": "builtin:tiny-llama", "deployment": {"autoscaling_config": auto}}
-    ingress = {"deployment": {"num_replicas": 2, "max_ongoing_requests": 1024}}
+    ingress = {"deployment": {"num_replicas": 2, "max_ongoing_requests": 1024}, "colocate": False}
     plain = ingress_options(AppConfig.model_validate({"models": [model], "ingress": ingress}))
     assert plain["num_replicas"] == 2 and "autoscaling_config" not in plain
     colocated = ingress_options(AppConfig.model_validate({"models": [model], "ingress": {**ingress, "colocate": True}}))
