@@ -102,7 +102,7 @@ def test_colocate_auto_is_the_default_and_leaves_a_model_with_a_placement_group_
     assert "num_gpus" not in (ingress_options(config).get("ray_actor_options") or {})
     assert AppConfig.model_validate({"models": [one], "ingress": {"colocate": False}}).colocated_model() is None
     with pytest.raises(ValidationError, match="colocate"):
-        AppConfig.model_validate({"ingress": {"colocate": "yes"}})
+        AppConfig.model_validate({"ingress": {"colocate": "sometimes"}})
 
 
 def test_a_colocated_model_with_a_placement_group_is_refused_naming_the_model():
