@@ -256,12 +256,13 @@ class LLMServer:
     def __del__(self):
         self.shutdown()
 
-    def shutdown(self) -> None:
-        """Stop the engine (once; the reaper kills what is left when the process ends)."""
+    def shutdown(self, timeout_s: Optional[float] = None) -> None:
+        """Stop the engine (once; the reaper kills what is left when the process ends): SIGTERM, and
+        SIGKILL past `timeout_s` seconds (None: the engine's own default)."""
         engine = getattr(self, "_engine", None)
         if engine is not None:
             self._engine = None
             try:
-                engine.shutdown()
+                engine.shutdown() if timeout_s is None else engine.shutdown(timeout_s=timeout_s)
             except Exception:  # the reaper still kills what is left
                 logger.exception("engine shutdown failed")

@@ -12,6 +12,11 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REVERSE = "How do I reverse a list in Python?"
+# What the first request of an entry may say: a lookup past `cache.lookup_timeout_s` (0.25 s) on a
+# loaded 2-core host is a bypass (CI once read one), and a bypassed request's answer is written back
+# like a miss's. Checks that a request must not hit (look-alikes, other scopes, expiry) still
+# require "miss".
+STORING = ("miss", "bypass")
 
 
 def _chat(model, text, system=None, **extra):
@@ -79,7 +84,7 @@ def test_a_repeat_is_an_exact_hit_that_never_reaches_the_engine(base_url, model_
     body = _chat(model_name, f"Tell me about {uuid.uuid4().hex}")
     before = _started(llm_handle)
     first = _post(base_url, body)
-    assert first.status_code == 200 and first.headers["x-raygate-cache"] == "miss"
+    assert first.status_code == 200 and first.headers["x-raygate-cache"] in STORING
     wait_stored(body)
     second = _post(base_url, body)
     assert second.status_code == 200 and second.headers["x-raygate-cache"] == "hit-exact"
@@ -101,7 +106,7 @@ def test_a_repeat_is_an_exact_hit_that_never_reaches_the_engine(base_url, model_
 def test_a_streamed_generation_is_stored_when_complete(base_url, model_name, wait_stored):
     body = _chat(model_name, f"Stream about {uuid.uuid4().hex}")
     header, events = _stream(base_url, body)
-    assert header == "miss" and events[-1] == "[DONE]"
+    assert header in STORING and events[-1] == "[DONE]"
     assert all("usage" not in e or e["usage"] is None for e in events[:-1])  # not asked for: not sent
     wait_stored(body)
     again = _post(base_url, body)
@@ -112,7 +117,7 @@ def test_a_streamed_generation_is_stored_when_complete(base_url, model_name, wai
 
 def test_a_paraphrase_hits_and_a_look_alike_misses(base_url, model_name, llm_handle, wait_stored, app_config):
     system = f"tutor {uuid.uuid4().hex}"  # a scope of this test's own
-    assert _post(base_url, _chat(model_name, REVERSE, system)).headers["x-raygate-cache"] == "miss"
+    assert _post(base_url, _chat(model_name, REVERSE, system)).headers["x-raygate-cache"] in STORING
     wait_stored(_chat(model_name, REVERSE, system))
     time.sleep(1.0)  # both replicas' indexes have it (the visibility test checks this bound)
     before = _started(llm_handle)
@@ -130,7 +135,7 @@ def test_a_paraphrase_hits_and_a_look_alike_misses(base_url, model_name, llm_han
 def test_entries_are_found_through_every_replica_within_a_second(
         base_url, model_name, cache_handle, wait_stored):
     body = _chat(model_name, REVERSE, f"replicas {uuid.uuid4().hex}")
-    assert _post(base_url, body).headers["x-raygate-cache"] == "miss"
+    assert _post(base_url, body).headers["x-raygate-cache"] in STORING
     wait_stored(body)  # written by the ingress's write-back; each replica learns it from the stream
     time.sleep(1.0)
     scope = _plan(body).scope
@@ -157,7 +162,7 @@ def test_entries_are_found_through_every_replica_within_a_second(
 
 def test_ttl_expiry(base_url, model_name, wait_stored):
     body = _chat(model_name, f"Short-lived {uuid.uuid4().hex}", cache={"ttl": 2})
-    assert _post(base_url, body).headers["x-raygate-cache"] == "miss"
+    assert _post(base_url, body).headers["x-raygate-cache"] in STORING
     wait_stored(body)
     assert _post(base_url, body).headers["x-raygate-cache"] == "hit-exact"
     time.sleep(2.5)
@@ -167,7 +172,7 @@ def test_ttl_expiry(base_url, model_name, wait_stored):
 def test_a_per_request_similarity_threshold_overrides_the_configured_one(base_url, model_name, llm_handle,
                                                                          wait_stored):
     system = f"threshold {uuid.uuid4().hex}"
-    assert _post(base_url, _chat(model_name, REVERSE, system)).headers["x-raygate-cache"] == "miss"
+    assert _post(base_url, _chat(model_name, REVERSE, system)).headers["x-raygate-cache"] in STORING
     wait_stored(_chat(model_name, REVERSE, system))
     time.sleep(1.0)  # both replicas' indexes have it
     para = "What's the way to reverse a Python list?"
@@ -186,7 +191,7 @@ def test_a_per_request_similarity_threshold_overrides_the_configured_one(base_ur
 def _stored(base_url, model_name, wait_stored):
     body = _chat(model_name, f"Stored {uuid.uuid4().hex}")
     first = _post(base_url, body)
-    assert first.headers["x-raygate-cache"] == "miss"
+    assert first.headers["x-raygate-cache"] in STORING
     wait_stored(body)
     return body, first.json()
 

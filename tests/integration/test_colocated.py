@@ -121,7 +121,7 @@ def test_the_exact_cache_answers_in_front_of_a_colocated_engine(url):
     body = {"model": TEST_MODEL, "temperature": 0, "max_tokens": 6,
             "messages": [{"role": "user", "content": f"cache me {uuid.uuid4().hex}"}]}
     first = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
-    assert first.status_code == 200 and first.headers["x-raygate-cache"] == "miss"
+    assert first.status_code == 200 and first.headers["x-raygate-cache"] in ("miss", "bypass")
     deadline = time.monotonic() + 10
     while True:  # the write-back lands after the answer
         again = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)

@@ -405,7 +405,8 @@ def test_a_cached_answer_is_the_models_answer_framed_as_the_request_asks(base_ur
         assert model.status_code == 200 and model.headers["x-raygate-cache"] == "off"
         store = {**base, "stream": stored_by_stream}
         first = _post(base_url, path, store)
-        assert first.status_code == 200 and first.headers["x-raygate-cache"] == "miss"
+        # A lookup past cache.lookup_timeout_s on a loaded host says bypass; its answer is stored too.
+        assert first.status_code == 200 and first.headers["x-raygate-cache"] in ("miss", "bypass")
         # A tool call cut at max_tokens is never stored (cache/responses.py; its own test): the 135M
         # model sometimes writes a forced call's string argument until the limit. Another prompt then.
         if not (extra.get("tools") and _cut_call(first)):
@@ -419,7 +420,7 @@ def test_a_cached_answer_is_the_models_answer_framed_as_the_request_asks(base_ur
         other = _post(base_url, path, {**base, **framing, "cache": {"mode": "read"}})
         assert other.status_code == 200 and other.headers["x-raygate-cache"] == "miss"
         first = _post(base_url, path, {**base, **framing})
-        assert first.status_code == 200 and first.headers["x-raygate-cache"] == "miss"
+        assert first.status_code == 200 and first.headers["x-raygate-cache"] in ("miss", "bypass")
     deadline = time.monotonic() + 10
     while True:
         cached = _post(base_url, path, {**base, **framing})
