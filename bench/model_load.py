@@ -6,7 +6,7 @@ Why: a replica is not routed to before its engine has loaded (deployments/llm_se
 start-up allowance (`loading.startup_allowance_s`) and the time to add capacity both follow the size
 of the weights. This measures it on this machine for three checkpoints of one architecture (Llama,
 head_dim 64, random bf16 weights built here with a fixed seed: the demo model, ~0.5 GB and ~2 GB),
-each started by raygate's own `LLMEngine.start` in a fresh process, as a replica does: the process
+each started by raygate's own `VLLMEngine.start` in a fresh process, as a replica does: the process
 start and imports, the engine's configuration, the weight loading (vLLM's own figure, read from its
 log) and the KV cache set-up. Files are read from the page cache (they were just written or read):
 a cold local disk adds size / its read bandwidth, a Hub download adds size / the network's (once per
@@ -75,11 +75,11 @@ def start_once(path: str) -> None:
     """In a fresh process: start raygate's engine on `path`, print the seconds it took."""
     t0 = time.monotonic()
     from deployments.config import ModelConfig
-    from deployments.engine import LLMEngine
+    from deployments.engine import VLLMEngine
 
     cfg = ModelConfig.model_validate({"model": path, "engine_args": ENGINE_ARGS, "engine_metrics": False})
     t_import = time.monotonic()
-    engine = LLMEngine.start(cfg)
+    engine = VLLMEngine.start(cfg)
     t_ready = time.monotonic()
     engine.shutdown()
     print(json.dumps({"imports_s": t_import - t0, "engine_start_s": t_ready - t_import}), flush=True)
@@ -99,8 +99,10 @@ def measure(path: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"engine start failed on {path}:\n{proc.stderr[-3000:]}")
     timing = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
-    weights = re.search(r"Loading weights took ([\d.]+) seconds", proc.stderr)
-    loading = re.search(r"Model loading took ([\d.]+) GiB memory and ([\d.]+) seconds", proc.stderr)
+    log = proc.stdout + proc.stderr  # vLLM's logger writes to stdout, its engine core's to either
+    weights = re.search(r"Loading weights took ([\d.]+) seconds", log)
+    # GPU model runners log "Model loading took ..."; the CPU build logs the engine's set-up instead.
+    init = re.search(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s", log)
     return {
         "model": path.name,
         "weights_gb": round(weights_gb(path), 3),
@@ -108,7 +110,7 @@ def measure(path: Path) -> dict:
         "imports_s": round(timing["imports_s"], 2),
         "engine_start_s": round(timing["engine_start_s"], 2),
         "vllm_loading_weights_s": float(weights.group(1)) if weights else None,
-        "vllm_model_loading_s": float(loading.group(2)) if loading else None,
+        "vllm_init_engine_s": float(init.group(1)) if init else None,
     }
 
 
@@ -133,13 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = [measure(p) for p in paths]
     xs = [r["weights_gb"] for r in rows]
     fixed, per_gb = _fit(xs, [r["process_to_ready_s"] for r in rows])
-    w_fixed, w_per_gb = _fit(xs, [r["vllm_model_loading_s"] or 0.0 for r in rows])
-    head = f"{'model':<36}{'GB':>7}{'ready s':>9}{'imports':>9}{'engine':>9}{'weights':>9}"
+    if any(r["vllm_loading_weights_s"] is None for r in rows):
+        raise RuntimeError("vLLM's 'Loading weights took' line was not found in an engine's log")
+    w_fixed, w_per_gb = _fit(xs, [r["vllm_loading_weights_s"] for r in rows])
+    nan = float("nan")
+    head = f"{'model':<36}{'GB':>7}{'ready s':>9}{'imports':>9}{'engine':>9}{'weights':>9}{'kv+warmup':>10}"
     print(head)
     for r in rows:
         print(f"{r['model']:<36}{r['weights_gb']:>7.3f}{r['process_to_ready_s']:>9.1f}{r['imports_s']:>9.1f}"
-              f"{r['engine_start_s']:>9.1f}{(r['vllm_model_loading_s'] or float('nan')):>9.2f}")
-    print(f"fit: process to ready = {fixed:.1f} s + {per_gb:.1f} s/GB; vLLM's model loading = "
+              f"{r['engine_start_s']:>9.1f}{r['vllm_loading_weights_s']:>9.2f}{(r['vllm_init_engine_s'] or nan):>10.2f}")
+    print(f"fit: process to ready = {fixed:.1f} s + {per_gb:.1f} s/GB; vLLM's weight loading = "
           f"{w_fixed:.2f} s + {w_per_gb:.2f} s/GB")
     result = {"rows": rows, "fit": {"fixed_s": round(fixed, 2), "per_gb_s": round(per_gb, 2),
                                     "loading_fixed_s": round(w_fixed, 2), "loading_per_gb_s": round(w_per_gb, 2)},
