@@ -9,10 +9,13 @@ arrives, so a refusal costs microseconds (Triton's dynamic-batcher queue policy,
 token bucket):
 
 Sized from the engine (measured, docs/architecture.md "Admission sized from the engine"): by default
-a replica gets as many requests at once as its engine batches (`max_num_seqs`), and as many again
-may wait, so a waiter waits about one request's service time before it reaches the engine. The
-first defaults (32 in flight + 32 queued per replica against an engine that batches 128) refused 343
-of 400 requests at concurrency 64, a load `vllm serve` served with no failure.
+a replica gets as many requests at once as its engine batches (`max_num_seqs`), and twice as many may
+wait (`QUEUED_PER_SLOT`), so a waiter waits about two requests' service time before it reaches the
+engine, and a closed-loop load of up to 2.6 batches at normal priority (its 80% share of the queue)
+is never refused. The first defaults (32 in flight + 32 queued per replica against an engine that
+batches 128) refused 343 of 400 requests at concurrency 64, a load `vllm serve` served with no
+failure; one batch of waiters (the next defaults) refused 285 of 400 at concurrency 128 in front of
+the shipped 64-slot engine, which `vllm serve` served with none failed.
 
 - a token bucket (`rate_limit_rps`, `rate_limit_burst`) refuses with 429 and the time to the next token;
 - a request may join the queue only while the queue is below its priority's share of
@@ -50,8 +53,8 @@ class AdmissionConfig(BaseModel):
     # Requests this ingress replica has at one LLM replica at once; times the live replicas.
     # Default (null): the engine's batch, `engine_args.max_num_seqs` (`sized_for`).
     max_inflight_per_replica: Optional[int] = Field(default=None, ge=1)
-    # Requests waiting for a slot (all priorities together). Default (null): as many as one
-    # replica's slots, so a waiter waits about one request's service time.
+    # Requests waiting for a slot (all priorities together). Default (null): QUEUED_PER_SLOT per
+    # slot of one replica, so a waiter waits about two requests' service time.
     max_queued: Optional[int] = Field(default=None, ge=0)
     # The part of `max_queued` each priority may fill.
     queue_share: dict[str, float] = Field(default_factory=lambda: {"high": 1.0, "normal": 0.8, "low": 0.5})
@@ -74,14 +77,18 @@ class AdmissionConfig(BaseModel):
 
     def sized_for(self, engine_slots: int) -> "AdmissionConfig":
         """This config with the defaults that follow the engine filled in: `engine_slots` requests at
-        once per replica (the engine's `max_num_seqs`), and as many waiting."""
+        once per replica (the engine's `max_num_seqs`), and `QUEUED_PER_SLOT` times as many waiting."""
         inflight = self.max_inflight_per_replica or engine_slots
-        queued = self.max_queued if self.max_queued is not None else inflight
+        queued = self.max_queued if self.max_queued is not None else QUEUED_PER_SLOT * inflight
         return self.model_copy(update={"max_inflight_per_replica": inflight, "max_queued": queued})
 
 
 # vLLM's default `max_num_seqs` when a model's engine_args leave it unset.
 DEFAULT_ENGINE_SLOTS = 256
+# Default waiters per slot: normal priority's 80% share of 2 batches is 1.6 batches, so concurrency
+# up to 2.6x the engine's batch (c=128 on the shipped 64-slot engine) is never refused; waits stay
+# bounded by `max_queue_wait_s` and each request's deadline.
+QUEUED_PER_SLOT = 2
 
 
 class Rejection(APIError):

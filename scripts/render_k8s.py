@@ -109,9 +109,9 @@ OVERRIDES: dict[str, Any] = {
     _APP + "auth.enabled": True,
     # The front door's bound per ingress replica follows the engines its gate may use. The model is
     # colocated (ingress.colocate auto, tensor_parallel_size 1): each ingress replica is one GPU pod's
-    # engine, so max_inflight_per_replica (128) + max_queued (128), plus 32 for cache hits.
-    "controller_options.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(128 + 160),
-    "applications.0.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(128 + 160),
+    # engine, so max_inflight_per_replica (128) + max_queued (2 per slot: 256), plus 32 for cache hits.
+    "controller_options.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(128 + 256 + 32),
+    "applications.0.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(128 + 256 + 32),
 }
 
 
@@ -138,9 +138,10 @@ def _llama_70b(tp: int, pp: int) -> dict[str, Any]:
         _LLM + "num_gpus": tp * pp,  # checked against tp x pp at start-up
         _LLM + "placement.accelerators_per_node": 4,
         _LLM + "deployment.autoscaling_config.max_replicas": 2,
-        # The admission gate's MAXCONN: 2 replicas x 32 in flight + 64.
-        "controller_options.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(2 * 32 + 64),
-        "applications.0.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(2 * 32 + 64),
+        # What the admission gate holds: 2 replicas x 128 in flight (max_num_seqs) + 256 queued (2 per
+        # slot of one replica), plus 32 for cache hits.
+        "controller_options.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(2 * 128 + 256 + 32),
+        "applications.0.runtime_env.env_vars.RAYGATE_FRONT_DOOR_MAXCONN": str(2 * 128 + 256 + 32),
     }
 
 
