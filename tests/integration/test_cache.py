@@ -260,9 +260,11 @@ def test_identical_requests_in_flight_cause_one_generation(base_url, model_name,
     assert len({text for _, text in results}) == 1, "every waiter gets the same answer"
     # One generated it; the others waited for it and say so -- or, if one reached the ingress only after
     # the answer was stored, were answered from the cache. Never a second generation.
+    # The leader's own lookup may have been a bypass (STORING); a follower says "coalesced" whatever
+    # its lookup said.
     labels = [h for h, _ in results]
-    assert labels.count("miss") == 1 and labels.count("coalesced") >= 4, results
-    assert set(labels) <= {"miss", "coalesced", "hit-exact"}, results
+    assert sum(labels.count(x) for x in STORING) == 1 and labels.count("coalesced") >= 4, results
+    assert set(labels) <= {*STORING, "coalesced", "hit-exact"}, results
     assert _started(llm_handle) - before == 1
 
 

@@ -61,7 +61,14 @@ def _kill_replica_under_load(base_url, model, handle, serving_the_stream: bool):
                 # The stream's replica while its engine still generates; or the other replica once its
                 # engine runs a request while the stream is still on the first: a non-streaming one.
                 target = streaming_on if serving_the_stream else next(r for r in before if r != streaming_on)
-                busy = handle.engine_stats.remote(replica=target).result()["unfinished"] >= 1
+                # Bounded: a call pinned to a replica this driver's router does not offer waits for it
+                # forever (CI hung here for 15 min once); the loop's deadline then fails the test.
+                stats = handle.engine_stats.remote(replica=target)
+                try:
+                    busy = stats.result(timeout_s=5)["unfinished"] >= 1
+                except TimeoutError:
+                    stats.cancel()
+                    continue
                 if busy and load.stream_replica == streaming_on:
                     break
             time.sleep(0.02)
