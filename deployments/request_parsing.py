@@ -44,6 +44,9 @@ STRICT_BOOLEANS: dict[RequestKind, tuple[str, ...]] = {
     RequestKind.COMPLETION: ("stream", "echo"),
 }
 _STRICT_STREAM_OPTIONS = ("include_usage", "continuous_usage_stats")
+# Fields that must be JSON objects (or null): vLLM's "before" validators call `.get` on them ahead of
+# type validation (`structured_outputs: true` raised AttributeError there: a 500, found by the API fuzz test).
+OBJECT_FIELDS = ("structured_outputs", "response_format", "stream_options")
 
 
 def allowed_fields(kind: RequestKind) -> set[str]:
@@ -92,6 +95,11 @@ def check_request(kind: RequestKind, payload: dict[str, Any]) -> None:
         raise APIError(400, "Missing required parameter: 'prompt'.", param="prompt")
     for name in STRICT_BOOLEANS[kind]:
         _boolean(payload, name, name)
+    for name in OBJECT_FIELDS:
+        value = payload.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise APIError(400, f"Invalid type for '{name}': expected an object, but got "
+                                f"{type(value).__name__} {json.dumps(value)[:40]}.", param=name)
     options = payload.get("stream_options")
     if isinstance(options, dict):
         for name in _STRICT_STREAM_OPTIONS:
@@ -131,7 +139,7 @@ def validate_request(kind: RequestKind, payload: dict[str, Any]) -> OpenAIReques
         raise APIError(400, f"Invalid value for '{where}': {first.get('msg')}{more}", param=where or None) from None
     except VLLMValidationError as e:
         raise APIError(400, str(e), param=getattr(e, "parameter", None)) from None
-    except (ValueError, TypeError) as e:
-        # Some of vLLM's "before" validators iterate fields they have not type-checked yet
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+        # Some of vLLM's "before" validators read fields they have not type-checked yet
         # (`messages: 1.5` raises TypeError): still the client's mistake.
         raise APIError(400, f"Invalid request: {e}") from None

@@ -62,6 +62,28 @@ def test_a_type_error_inside_vllms_validators_is_a_400():
     assert e.status == 400
 
 
+@pytest.mark.parametrize("kind, field, value", [
+    (COMPLETION, "structured_outputs", True),  # found by the API fuzz test: a 500 (AttributeError in vLLM)
+    (CHAT, "structured_outputs", True),
+    (CHAT, "structured_outputs", ["json"]),
+    (COMPLETION, "response_format", "json_object"),
+    (CHAT, "stream_options", 1),
+])
+def test_object_fields_of_another_type_are_a_400_naming_them(kind, field, value):
+    base = {"model": "m", "messages": MSG} if kind == CHAT else {"model": "m", "prompt": "x"}
+    e = _err(validate_request, kind, {**base, "stream": True, field: value})
+    assert e.status == 400 and e.param == field and "object" in e.message
+
+
+def test_an_attribute_error_inside_vllms_validators_is_a_400(monkeypatch):
+    """Whatever else a "before" validator trips on stays the client's 400, never a 500."""
+    import deployments.request_parsing as rp
+
+    monkeypatch.setattr(rp, "OBJECT_FIELDS", ())
+    e = _err(validate_request, COMPLETION, {"model": "m", "prompt": "x", "structured_outputs": True})
+    assert e.status == 400
+
+
 @pytest.mark.parametrize("kind, payload, param", [
     (CHAT, {"model": "m", "messages": MSG, "stream": "false"}, "stream"),
     (CHAT, {"model": "m", "messages": MSG, "stream": 1}, "stream"),
