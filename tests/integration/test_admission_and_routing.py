@@ -48,6 +48,11 @@ def _inflight(base_url, model) -> int:
     return listing["models"][model]["admission"]["inflight"]
 
 
+def _queued(base_url, model) -> dict[str, int]:
+    listing = httpx.get(base_url + "/admin/models", params={"engines": "false"}, timeout=30).json()
+    return listing["models"][model]["admission"]["queued"]
+
+
 def _long_system(topic: str) -> str:
     return f"[{uuid.uuid4().hex}] You are an expert on {topic}. Explain every step and cite your sources. " * 20
 
@@ -288,6 +293,14 @@ def test_waiting_requests_are_dequeued_by_priority(base_url, routed_model):
                 for priority in ("low", "normal", "high"):
                     tasks.append(asyncio.create_task(one(priority)))
                     await asyncio.sleep(0.3)
+                # All three waiting at the gate before a slot is freed: on a loaded host a request can
+                # reach the ingress later than 0.3 s after it was sent, and one not yet queued when
+                # the slot frees is not in the contest.
+                deadline = time.monotonic() + 20
+                while sum((await asyncio.to_thread(_queued, base_url, routed_model)).values()) < 3:
+                    if finished or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.1)
                 if finished:  # a held generation ended by itself: no evidence
                     await asyncio.gather(*tasks, return_exceptions=True)
                     return _ENDED
