@@ -330,6 +330,13 @@ def test_a_full_queue_refuses_lower_priorities_on_arrival(base_url, routed_model
 
                 waiting = [asyncio.create_task(post("low")) for _ in range(2)]
                 await asyncio.sleep(0.5)
+                # Both lows waiting at the gate before the third is sent (a loaded host can take
+                # longer than 0.5 s to bring a request to the ingress); bounded.
+                deadline = time.monotonic() + 20
+                while (await asyncio.to_thread(_queued, base_url, routed_model)).get("low", 0) < 2:
+                    if any(t.done() for t in waiting) or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.1)
                 t0 = time.monotonic()
                 refused = await post("low")
                 elapsed = time.monotonic() - t0
