@@ -70,10 +70,11 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def _boolean(payload: dict, name: str, where: str) -> None:
+def _of_type(payload: dict, name: str, where: str, kind: type = bool, expected: str = "a boolean") -> None:
+    """400 naming `where` unless `payload[name]` is absent, null or a `kind`."""
     value = payload.get(name)
-    if value is not None and not isinstance(value, bool):
-        raise APIError(400, f"Invalid type for '{where}': expected a boolean, but got "
+    if value is not None and not isinstance(value, kind):
+        raise APIError(400, f"Invalid type for '{where}': expected {expected}, but got "
                             f"{type(value).__name__} {json.dumps(value)[:40]}.", param=where)
 
 
@@ -94,16 +95,13 @@ def check_request(kind: RequestKind, payload: dict[str, Any]) -> None:
     elif "prompt" not in payload and "prompt_embeds" not in payload:
         raise APIError(400, "Missing required parameter: 'prompt'.", param="prompt")
     for name in STRICT_BOOLEANS[kind]:
-        _boolean(payload, name, name)
+        _of_type(payload, name, name)
     for name in OBJECT_FIELDS:
-        value = payload.get(name)
-        if value is not None and not isinstance(value, dict):
-            raise APIError(400, f"Invalid type for '{name}': expected an object, but got "
-                                f"{type(value).__name__} {json.dumps(value)[:40]}.", param=name)
+        _of_type(payload, name, name, dict, "an object")
     options = payload.get("stream_options")
     if isinstance(options, dict):
         for name in _STRICT_STREAM_OPTIONS:
-            _boolean(options, name, f"stream_options.{name}")
+            _of_type(options, name, f"stream_options.{name}")
 
 
 def _materialized(value: Any) -> Any:
