@@ -49,7 +49,7 @@ def real_model_config(first: dict) -> dict:
     """serve_config.yaml's own first model (the real default), one fixed replica, a 1 GiB KV cache."""
     cfg = copy.deepcopy(first)
     cfg["num_cpus"] = 0.1  # a Ray reservation only: the app must fit the 2 logical CPUs of a 2-core host
-    cfg.setdefault("env", {})["VLLM_CPU_KVCACHE_SPACE"] = "1"  # ~46,000 tokens: plenty for the tests
+    cfg.setdefault("env", {})["VLLM_CPU_KVCACHE_SPACE"] = "1"  # ~23,000 tokens in float32: plenty for the tests
     deployment = cfg.setdefault("deployment", {})
     deployment.pop("autoscaling_config", None)
     deployment["num_replicas"] = 1

@@ -14,12 +14,13 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-# (question, a word the answer must contain), lower case: answered so at temperature 0 alone, in a
-# batch of 68, and with no system prompt or any of three others (vLLM's LLM.chat on this host).
-# Not so: "What is the capital of Spain?" (El Salvador), the freezing point of water (-18).
+# (question, a word the answer must contain), lower case: answered so at temperature 0 in the shipped
+# dtype (float32; float16 answers the same), alone and in a batch of 12, with no system prompt or any
+# of three others (vLLM's LLM.chat, 2026-12-07). Not so: "What is the capital of Spain?" (El
+# Salvador), of Italy ("Il Coriobella"; Rome in bf16 on a host without AMX), the largest planet (Neptune).
 FACTS = [
     ("What is the capital of France?", "paris"),
-    ("What is the capital of Italy?", "rome"),
+    ("What is the capital of Germany?", "berlin"),
     ("What is the capital of Japan?", "tokyo"),
     ("What is the chemical formula of water?", "h2o"),
     ("What is the opposite of hot?", "cold"),
@@ -74,7 +75,8 @@ def test_the_cache_answers_a_rewording_with_the_real_answer(base_url, real_model
         return r.headers["x-raygate-cache"], r.json()["choices"][0]["message"]["content"]
 
     source, answer = post(CAPITAL)
-    assert source == "miss" and "paris" in answer.lower(), answer
+    # bypass: the lookup ran past cache.lookup_timeout_s on a loaded host; its answer is stored all the same.
+    assert source in ("miss", "bypass") and "paris" in answer.lower(), answer
     deadline = time.monotonic() + 10
     while post(CAPITAL)[0] != "hit-exact":  # the write-back runs after the response
         assert time.monotonic() < deadline, "the answer was not stored"
@@ -83,5 +85,5 @@ def test_the_cache_answers_a_rewording_with_the_real_answer(base_url, real_model
     source, reworded = post(CAPITAL_REWORDED)
     assert source == "hit-semantic" and reworded == answer
     # A look-alike that needs another answer goes to the model, which answers it.
-    source, other = post("What is the capital of Italy?")
-    assert source == "miss" and "rome" in other.lower(), other
+    source, other = post("What is the capital of Germany?")
+    assert source == "miss" and "berlin" in other.lower(), other
