@@ -41,7 +41,6 @@ from deployments.request_parsing import parse_json_object
 from deployments.sse import SSEResponse
 from deployments.request_view import RequestKind, RequestView, build_view
 from router import registry
-from router.request_router import INFLIGHT_STAT
 
 logger = logging.getLogger("ray.serve")
 
@@ -425,8 +424,7 @@ class Ingress:
         """Serve pushes this to the ingress deployment's router (deployments/ingress_router.py): with a
         colocated engine that stalled, this replica is skipped until it is replaced."""
         for local in self._local.values():
-            load = local.engine_load()
-            return {**local.record_routing_stats(), INFLIGHT_STAT: load.running + load.waiting}
+            return local.record_routing_stats()
         return {}
 
     def record_autoscaling_stats(self) -> dict[str, float]:

@@ -23,14 +23,14 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
 from deployments.autoscaling import ENGINE_RUNNING, ENGINE_WAITING
 from deployments.config import ModelConfig
-from deployments.engine_protocol import Engine, EngineLoad, ServeResult, engine_class
+from deployments.engine_protocol import Engine, ServeResult, engine_class
 from deployments.engine_watchdog import EngineWatchdog
 from common.process_reaper import start_reaper
 from common.errors import error_body
 from common.request_kind import RequestKind
 from deployments.request_parsing import OpenAIRequest, validate_request
 from deployments.serving_metrics import DEADLINE_DROPS
-from router.request_router import UNHEALTHY_STAT
+from router.request_router import INFLIGHT_STAT, UNHEALTHY_STAT
 
 logger = logging.getLogger("ray.serve")
 
@@ -227,14 +227,13 @@ class LLMServer:
             "requests_finished": load.requests_finished,
         }
 
-    def engine_load(self) -> EngineLoad:
-        """The engine's load now (deployments/engine_protocol.py `EngineLoad`)."""
-        return self._engine.load()
-
     def record_routing_stats(self) -> dict[str, Any]:
         """Serve pushes this to every router of the deployment (request_routing_stats_period_s): a
-        replica whose engine stalled is skipped by router/request_router.py until it is replaced."""
-        return {UNHEALTHY_STAT: self._unhealthy is not None}
+        replica whose engine stalled is skipped by router/request_router.py until it is replaced; the
+        requests its engine holds (running + waiting) are its load once Serve's cached queue length
+        has expired."""
+        load = self._engine.load()
+        return {UNHEALTHY_STAT: self._unhealthy is not None, INFLIGHT_STAT: load.running + load.waiting}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's autoscaler calls this on every replica; deployments/autoscaling.py reads it."""

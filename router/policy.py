@@ -70,8 +70,8 @@ class PrefixRoutingPolicy:
 
     def choose(self, candidates: list[Hashable], loads: dict[Hashable, Optional[int]], text: str,
                session_id: Optional[str] = None) -> Decision:
-        """`loads`: queue length per candidate (None: unknown -- a new replica, or one idle long
-        enough for Serve's cached length to expire -- counted as empty; Serve probes it if chosen)."""
+        """`loads`: requests in flight per candidate (None: unknown -- a new replica with no routing
+        stats yet -- counted as empty; Serve probes it if chosen)."""
 
         def load(r: Hashable) -> int:
             return loads.get(r) or 0

@@ -37,8 +37,9 @@ from router.prompt_text import routing_text
 logger = logging.getLogger("ray.serve")
 
 UNHEALTHY_STAT = "unhealthy"  # a replica's routing stats key: true once it must not get requests
-# A replica's routing stats key: requests its engine holds (running + waiting). Read only for choices
-# that are not sent through Serve (ROUTE_ONLY_KWARG), whose queue lengths Serve never counts.
+# A replica's routing stats key: requests its engine holds (running + waiting). The load of choices
+# that are not sent through Serve (ROUTE_ONLY_KWARG), whose queue lengths Serve never counts, and of a
+# replica whose cached queue length expired (see `_load`).
 INFLIGHT_STAT = "inflight"
 # A keyword argument of `DeploymentHandle.choose_replica(..., _reserve=False)`: the choice is final
 # here, and the request goes by another way (HAProxy, deployments/ingress_router.py), so Serve will
@@ -105,8 +106,21 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         return [rid.unique_id for rid in self._replicas]
 
     def queue_lens(self) -> dict[str, Optional[int]]:
-        """Each replica's queue length as this router counts it (None: unknown or stale)."""
-        return {rid.unique_id: self._replica_queue_len_cache.get(rid) for rid in self._replicas}
+        """Each replica's load as this router counts it (`_load`; None: not known)."""
+        return {rid.unique_id: self._load(replica) for rid, replica in self._replicas.items()}
+
+    def _load(self, replica: RunningReplica) -> Optional[int]:
+        """Requests in flight on `replica`: Serve's cached queue length (incremented on send,
+        decremented on completion, set by probes), else -- once that expired, after
+        RAY_SERVE_QUEUE_LENGTH_CACHE_TIMEOUT_S (10 s) with no send, completion or probe, as while one
+        long stream runs -- what its engine held at its last routing stats (every
+        request_routing_stats_period_s). Without the fallback a replica busy with a stream longer
+        than 10 s counted as empty and kept its prefix's next requests (CI: the overloaded-holder test
+        read None). None: neither is known (a new replica; Serve probes it if chosen)."""
+        queued = self._replica_queue_len_cache.get(replica.replica_id)
+        if queued is None:
+            queued = (replica.routing_stats or {}).get(INFLIGHT_STAT)
+        return queued
 
     async def choose_replicas(self, candidate_replicas: List[RunningReplica],
                               pending_request: Optional[PendingRequest] = None) -> List[List[RunningReplica]]:
@@ -129,7 +143,7 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         session = pending_request.metadata.session_id or None
         if pending_request.kwargs.get(ROUTE_ONLY_KWARG):
             return [[by_id[self._route_only(by_id, text, session, now)]]]
-        loads = {rid: self._replica_queue_len_cache.get(rid) for rid in by_id}
+        loads = {rid: self._load(replica) for rid, replica in by_id.items()}
         decision = self.policy.choose(list(by_id), loads, text, session)
         key = pending_request.metadata.internal_request_id
         self._decisions[key] = decision

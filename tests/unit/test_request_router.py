@@ -94,6 +94,39 @@ def test_requests_routed_in_one_turn_each_see_those_assigned_before():
     assert {first.replica_id, second.replica_id} == {r.replica_id for r in replicas}
 
 
+def test_a_replica_whose_cached_queue_length_expired_counts_what_its_engine_reported():
+    """One long stream on the prefix holder outlives Serve's cached queue length (10 s with no send,
+    completion or probe). The holder's routing stats still report it, so (imbalance_abs 0) the next
+    request with that prefix goes to the other replica; read as empty it would stay on the holder."""
+    from router.request_router import INFLIGHT_STAT
+
+    async def main():
+        router = _router(imbalance_abs=0, imbalance_rel=1.5)
+        replicas = [StandInReplica("a"), StandInReplica("b")]
+        router.update_replicas(replicas)
+        await asyncio.sleep(0.05)
+
+        warm = _request("warm")
+        [holder] = await _route(router, warm)
+        router.on_request_routed(warm, holder.replica_id, None)
+        router.decrement_queue_len_cache(holder.replica_id)
+        stream = _request("long answer 0")
+        [first] = await _route(router, stream)
+        router.on_request_routed(stream, first.replica_id, None)
+        for replica in replicas:  # 10 s later: every cached length expired; the engines' reports remain
+            router._replica_queue_len_cache.invalidate_key(replica.replica_id)
+            replica.routing_stats = {INFLIGHT_STAT: 1 if replica is holder else 0}
+        holder.queue_len = 1  # what a probe of the holder would answer
+        counted = router.queue_lens()
+        [second] = await _route(router, _request("long answer 1"))
+        return holder, first, second, counted
+
+    holder, first, second, counted = asyncio.run(main())
+    assert first is holder
+    assert counted[holder.replica_id.unique_id] == 1
+    assert second is not holder
+
+
 def test_an_assignment_never_sent_stops_counting_after_a_while(monkeypatch):
     """A request cancelled between assignment and send: the next send to that replica, once the
     assignment is stale, counts as usual."""
