@@ -162,10 +162,12 @@ def test_haproxy_keeps_a_conversation_and_a_session_on_one_colocated_replica(url
 
 
 def test_clients_leaving_their_streams_abort_the_colocated_engines_requests(url):
-    """Six 2,000-token streams of one session (so one replica), each left after its first chunk: the
-    engine must drop them (unfinished back to 0 within seconds, none counted finished), not generate
-    12,000 tokens. Several streams, so that the engine cannot finish them before the check (one
-    stream of the demo model can end within a second or two)."""
+    """Six 2,000-token streams of one session (so, as a rule, one replica), each left after its first
+    chunk: the engines must drop them (unfinished back to 0 within seconds, none counted finished),
+    not generate 12,000 tokens. Several streams, so that an engine cannot finish them before the check
+    (one stream of the demo model can end within a second or two). A new session's first requests
+    sent at once may be split over both replicas on a loaded host (CI: HAProxy fell back to least
+    connections for some): then every engine that got streams is checked."""
     session = {"x-session-id": f"abort-{uuid.uuid4().hex[:12]}"}
 
     async def main() -> tuple[str, dict]:
@@ -184,23 +186,23 @@ def test_clients_leaving_their_streams_abort_the_colocated_engines_requests(url)
                 return r.headers["x-raygate-ingress"], seen, (stream, lines)
 
             opened = await asyncio.gather(*(one(i) for i in range(6)))
-            ingresses = {ingress for ingress, _, _ in opened}
-            assert len(ingresses) == 1, f"one session, one replica: {ingresses}"
-            (ingress,) = ingresses
             for _, seen, _ in opened:
                 assert "error" not in json.loads(seen[-1][6:]), seen
-            generating = await asyncio.to_thread(_engine, url, ingress)
+            generating = {}
+            for ingress in sorted({ingress for ingress, _, _ in opened}):
+                generating[ingress] = await asyncio.to_thread(_engine, url, ingress)
             for _, _, (stream, _) in opened:  # the clients leave mid-stream
                 await stream.__aexit__(None, None, None)
-            return ingress, generating
+            return generating
 
-    ingress, generating = asyncio.run(main())
-    assert generating["unfinished"] >= 1, f"nothing generating while 6 streams were open: {generating}"
-    deadline = time.monotonic() + 10
-    while (now := _engine(url, ingress))["unfinished"] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert now["unfinished"] == 0, now
-    assert now["requests_finished"] == generating["requests_finished"], (generating, now)
+    generating = asyncio.run(main())
+    assert sum(g["unfinished"] for g in generating.values()) >= 1, f"nothing generating while 6 streams were open: {generating}"
+    for ingress, before in generating.items():
+        deadline = time.monotonic() + 10
+        while (now := _engine(url, ingress))["unfinished"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert now["unfinished"] == 0, (ingress, now)
+        assert now["requests_finished"] == before["requests_finished"], (ingress, before, now)
 
 
 async def _stream(client: httpx.AsyncClient, url: str, i: int) -> None:

@@ -57,10 +57,13 @@ def _kill_replica_under_load(base_url, model, handle, serving_the_stream: bool):
             # A young stream: its 2,000 tokens are still being generated, not only still being read
             # by the client (a finished generation can sit in socket buffers and end normally).
             young = time.monotonic() - load.stream_started < 3.0
-            if streaming_on in before and (young or not serving_the_stream):
-                # The stream's replica while its engine still generates; or the other replica once its
-                # engine runs a request while the stream is still on the first: a non-streaming one.
-                target = streaming_on if serving_the_stream else next(r for r in before if r != streaming_on)
+            if streaming_on in before and serving_the_stream and young:
+                target = streaming_on
+                break
+            if streaming_on in before and not serving_the_stream:
+                # The other replica once its engine runs a request while the stream is still on the
+                # first: a non-streaming one.
+                target = next(r for r in before if r != streaming_on)
                 # Bounded: a call pinned to a replica this driver's router does not offer waits for it
                 # forever (CI hung here for 15 min once); the loop's deadline then fails the test.
                 stats = handle.engine_stats.remote(replica=target)
@@ -80,7 +83,11 @@ def _kill_replica_under_load(base_url, model, handle, serving_the_stream: bool):
 
     # Non-streaming answers of 400 tokens take seconds, so the one seen running is still running
     # when the kill lands (48-token ones could finish between the check and the kill).
-    load = asyncio.run(under_load(base_url, model, seconds=30, break_at_s=8, breaker=kill, plain_max_tokens=400))
+    # The stream case aims at the load's first stream while it is young (its headers came within 3 s):
+    # on a loaded host one 2,000-token stream can outlast the whole load (CI: 30 s with none to aim at
+    # when the breaker began 8 s in).
+    load = asyncio.run(under_load(base_url, model, seconds=30, break_at_s=1 if serving_the_stream else 8,
+                                  breaker=kill, plain_max_tokens=400))
     # The dead replica's engine died with it, and Serve brought the deployment back to 2 replicas.
     assert killed["engines"]
     while any(_alive(p) for p in killed["engines"]) and time.monotonic() < killed["at"] + 20:
