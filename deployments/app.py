@@ -18,6 +18,7 @@ from ray.serve import Application
 from cache.config import CacheConfig
 from cache.embedded_redis import EmbeddedRedis
 from cache.service import SemanticCache
+from common.deployment_options import SHUTDOWN_CHECK_S
 from deployments.autoscaling import QueueLengthPolicy
 from deployments.config import AppConfig, ModelConfig, llm_deployment_name
 from deployments.ingress import Ingress
@@ -130,7 +131,7 @@ def build_cache_deployments(cfg: CacheConfig) -> tuple[Application, Application 
     if not cfg.redis_url:
         redis = serve.deployment(EmbeddedRedis).options(
             name="CacheRedis", num_replicas=1, ray_actor_options={"num_cpus": 0.1},
-            health_check_period_s=2, health_check_timeout_s=10, graceful_shutdown_wait_loop_s=0.25,
+            health_check_period_s=2, health_check_timeout_s=10, graceful_shutdown_wait_loop_s=SHUTDOWN_CHECK_S,
         ).bind(cfg.embedded)
     options = cfg.deployment.as_options()
     options.setdefault("ray_actor_options", {"num_cpus": 0.25})
