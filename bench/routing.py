@@ -1,6 +1,7 @@
 """Does prefix-aware routing pay off? raygate's router against Serve's default router, 2 replicas each.
 
     python -m bench.routing                  # 8 system prompts x 8 users x 4 turns, concurrency 8
+    python -m bench.routing --repeats 3      # 3 rounds over both contenders; medians reported
 
 Workload: `--system-prompts` system prompts of about `--system-tokens` tokens; each has
 `--users` users holding a `--turns`-turn conversation (each turn sends the whole conversation so
@@ -15,6 +16,9 @@ few conversations, not all of them; the default 1 GiB here would hold every prom
 workload on every replica and hide the difference). Measured per contender: the engines' own
 prefix-cache counters (hit rate = cached tokens / prompt tokens, summed over replicas), TTFT and
 E2E percentiles, and each replica's share of requests. Printed side by side; JSON in `--out`.
+With `--repeats N` the contenders alternate for N rounds (on this shared host a single round read
+a TTFT ratio of 0.68x one day and 1.04x another); each figure is the median over rounds, and every
+round is kept, with each round's ratios.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import asyncio
 import collections
 import json
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -149,6 +154,24 @@ def hit_rate(before: dict[str, dict], after: dict[str, dict]) -> float:
     return hits / queries if queries else 0.0
 
 
+SUMMED = ("completed", "errors")  # counted over all rounds; every other figure is a median
+
+
+def median_of_rounds(rounds: list[dict]) -> dict:
+    """One contender's figures over rounds: `completed`/`errors` summed, each other number the
+    median over rounds, `max_replica_share` the median of each round's largest share, and the
+    rounds themselves under `rounds`. Raises ValueError on no rounds."""
+    if not rounds:
+        raise ValueError("no rounds")
+    out: dict = {k: sum(r[k] for r in rounds) for k in SUMMED}
+    for k, v in rounds[0].items():
+        if k not in SUMMED and isinstance(v, (int, float)):
+            out[k] = statistics.median(r[k] for r in rounds)
+    out["max_replica_share"] = statistics.median(max(r["replica_shares"].values()) for r in rounds)
+    out["rounds"] = rounds
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path, default=REPO / "serve_config.yaml")
@@ -164,6 +187,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                    help="KV-cache blocks (128 tokens on CPU) per replica; 0: vLLM's default (1 GiB)")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1, help="rounds over all contenders (medians reported)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an app arg")
     add_out_arg(p, "routing")
     args = p.parse_args(argv)
@@ -186,7 +210,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
           f"{args.turns} turns = {n_requests} requests; concurrency {args.concurrency}; {args.replicas} replicas",
           flush=True)
     log_dir = REPO / "bench" / "results" / "logs"
-    for label in args.contenders.split(","):
+    rounds: dict[str, list[dict]] = collections.defaultdict(list)
+    for rnd, label in [(r, lbl) for r in range(args.repeats) for lbl in args.contenders.split(",")]:
         overrides = {"models.0.deployment.num_replicas": args.replicas,
                      "models.0.deployment.autoscaling_config": None, "cache.enabled": False,
                      "models.0.num_cpus": round(1.8 / args.replicas, 2),  # Ray reservations on a 2-core host
@@ -197,34 +222,41 @@ def main(argv: Optional[list[str]] = None) -> dict:
         if args.kv_blocks:
             overrides["models.0.engine_args.num_gpu_blocks_override"] = args.kv_blocks
         srv = Raygate(args.config, free_port(), log_dir, label=label, overrides=overrides)
-        print(f"starting {label} ...", flush=True)
+        print(f"[round {rnd + 1}/{args.repeats}] starting {label} ...", flush=True)
         srv.start()
         try:
             before = engine_counters(model, args.replicas)
             users = build_users(args.system_prompts, args.users, args.system_tokens, args.seed)
             run = asyncio.run(drive(srv.base_url, model, users, args.turns, args.concurrency, args.max_tokens))
             run["prefix_cache_hit_rate"] = hit_rate(before, engine_counters(model, args.replicas))
-            results[label] = run
+            rounds[label].append(run)
         finally:
             srv.stop()
         print(f"  hit rate {run['prefix_cache_hit_rate']:.1%}, TTFT p50 {run['p50_ttft_ms']:.0f} ms, "
               f"p99 {run['p99_ttft_ms']:.0f} ms, {run['request_throughput']:.2f} req/s, errors {run['errors']}, "
               f"shares {[round(s, 3) for s in run['replica_shares'].values()]}", flush=True)
+    for label, runs in rounds.items():
+        results[label] = median_of_rounds(runs)
     labels = [lbl for lbl in args.contenders.split(",") if lbl in results]
+    if args.repeats > 1:
+        print(f"\nmedians of {args.repeats} rounds (errors: summed)")
     print(f"\n{'contender':<16}{'prefix hit':>11}{'TTFT p50':>10}{'TTFT p99':>10}{'E2E p50':>9}{'req/s':>8}"
           f"{'max share':>11}{'errors':>8}")
     for label in labels:
         r = results[label]
         print(f"{label:<16}{r['prefix_cache_hit_rate']:>10.1%}{r['p50_ttft_ms']:>9.0f}ms{r['p99_ttft_ms']:>8.0f}ms"
-              f"{r['p50_e2el_ms']:>7.0f}ms{r['request_throughput']:>8.2f}{max(r['replica_shares'].values()):>10.1%}"
+              f"{r['p50_e2el_ms']:>7.0f}ms{r['request_throughput']:>8.2f}{r['max_replica_share']:>10.1%}"
               f"{r['errors']:>8}")
     if {"raygate-router", "serve-default"} <= set(results):
         ours, base = results["raygate-router"], results["serve-default"]
         results["hit_rate_ratio"] = ours["prefix_cache_hit_rate"] / max(base["prefix_cache_hit_rate"], 1e-9)
         results["ttft_p50_ratio"] = ours["p50_ttft_ms"] / base["p50_ttft_ms"]
+        results["ratios_by_round"] = [
+            {"hit_rate": o["prefix_cache_hit_rate"] / max(b["prefix_cache_hit_rate"], 1e-9),
+             "ttft_p50": o["p50_ttft_ms"] / b["p50_ttft_ms"]} for o, b in zip(ours["rounds"], base["rounds"])]
         print(f"raygate / serve default: prefix hit rate {results['hit_rate_ratio']:.2f}x (target >= 2), "
               f"TTFT p50 {results['ttft_p50_ratio']:.2f}x (target <= 0.7), "
-              f"max replica share {max(ours['replica_shares'].values()):.1%} (target <= 65%)")
+              f"max replica share {ours['max_replica_share']:.1%} (target <= 65%)")
     write_result(args.out, results, "bench.routing", argv)
     return results
 
