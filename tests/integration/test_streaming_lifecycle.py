@@ -39,7 +39,16 @@ def test_stream_disconnect_aborts_engine_request(base_url, model_name, llm_handl
                     assert "error" not in json.loads(line[6:])
                 if got >= 3:
                     break
-            assert _unfinished(llm_handle) == 1  # generating (1800 tokens take many seconds)
+            # Generating (1,800 tokens take seconds). Read until seen, for up to 5 s: one read came back
+            # 0 in a CI run right after the replica was replaced (test_replica_failure), and the
+            # headers and stats below say which replica answered if it happens again.
+            seen, t0 = [], time.monotonic()
+            deadline = t0 + 5
+            while not seen or (seen[-1]["unfinished"] != 1 and time.monotonic() < deadline):
+                seen.append(llm_handle.engine_stats.remote().result())
+            assert seen[-1]["unfinished"] == 1, (
+                f"replica {r.headers.get('x-raygate-replica')} cache {r.headers.get('x-raygate-cache')}; "
+                f"{len(seen)} reads in {time.monotonic() - t0:.1f} s, last {seen[-1]}")
         # leaving the block closes the connection mid-stream
     assert _wait_idle(llm_handle, timeout=5) < 5
 
