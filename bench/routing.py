@@ -16,9 +16,9 @@ few conversations, not all of them; the default 1 GiB here would hold every prom
 workload on every replica and hide the difference). Measured per contender: the engines' own
 prefix-cache counters (hit rate = cached tokens / prompt tokens, summed over replicas), TTFT and
 E2E percentiles, and each replica's share of requests. Printed side by side; JSON in `--out`.
-With `--repeats N` the contenders alternate for N rounds (on this shared host a single round read
-a TTFT ratio of 0.68x one day and 1.04x another); each figure is the median over rounds, and every
-round is kept, with each round's ratios.
+With `--repeats N` the contenders take N rounds, their order reversed on odd rounds (single rounds
+on this shared host read TTFT ratios from 0.50x to 1.04x); each figure is the median over rounds,
+and every round is kept, with each round's ratios.
 """
 
 from __future__ import annotations
@@ -210,8 +210,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
           f"{args.turns} turns = {n_requests} requests; concurrency {args.concurrency}; {args.replicas} replicas",
           flush=True)
     log_dir = REPO / "bench" / "results" / "logs"
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     rounds: dict[str, list[dict]] = collections.defaultdict(list)
-    for rnd, label in [(r, lbl) for r in range(args.repeats) for lbl in args.contenders.split(",")]:
+    order = args.contenders.split(",")
+    for rnd, label in [(r, lbl) for r in range(args.repeats) for lbl in (order[::-1] if r % 2 else order)]:
         overrides = {"models.0.deployment.num_replicas": args.replicas,
                      "models.0.deployment.autoscaling_config": None, "cache.enabled": False,
                      "models.0.num_cpus": round(1.8 / args.replicas, 2),  # Ray reservations on a 2-core host

@@ -8,8 +8,9 @@ from pydantic import BaseModel, ConfigDict
 
 # How often a stopping replica checks whether its requests in flight are done (Serve's
 # graceful_shutdown_wait_loop_s). An idle replica's stop waits one period before its first check, and
-# Serve stops the ingress, the SemanticCache and CacheRedis one after another: Serve's 2 s added ~6 s
-# to Ctrl-C, 0.25 s ~0.75 s (the idle-app bound is 5 s; CI read 5.07 s). The check costs nothing.
+# Serve stops the ingress, the SemanticCache and CacheRedis one after another: by that estimate
+# (3 periods) Serve's 2 s adds up to ~6 s to Ctrl-C and 0.25 s ~0.75 s (the idle-app bound is 5 s; a
+# loaded CI run read 5.07 s with 0.25 s, a run with 0.05 s 3.3 s). The check costs nothing.
 SHUTDOWN_CHECK_S = 0.05
 
 
