@@ -116,10 +116,14 @@ class PrefixAwareRequestRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         long stream runs -- what its engine held at its last routing stats (every
         request_routing_stats_period_s). Without the fallback a replica busy with a stream longer
         than 10 s counted as empty and kept its prefix's next requests (CI: the overloaded-holder test
-        read None). None: neither is known (a new replica; Serve probes it if chosen)."""
+        read None). The engine's figure then seeds Serve's cache, so that the next send counts up
+        from it (Serve's `on_send_request` counts from 0 when the entry is missing). None: neither is
+        known (a new replica; Serve probes it if chosen)."""
         queued = self._replica_queue_len_cache.get(replica.replica_id)
         if queued is None:
             queued = (replica.routing_stats or {}).get(INFLIGHT_STAT)
+            if queued is not None:
+                self._replica_queue_len_cache.update(replica.replica_id, queued)
         return queued
 
     async def choose_replicas(self, candidate_replicas: List[RunningReplica],

@@ -119,12 +119,15 @@ def test_a_replica_whose_cached_queue_length_expired_counts_what_its_engine_repo
         holder.queue_len = 1  # what a probe of the holder would answer
         counted = router.queue_lens()
         [second] = await _route(router, _request("long answer 1"))
-        return holder, first, second, counted
+        router._assigned.clear()  # a later send to the holder, not counted at assignment (Serve's own count)
+        router.on_send_request(holder.replica_id)  # counts up from the engine's report, not from 0
+        return holder, first, second, counted, router._replica_queue_len_cache.get(holder.replica_id)
 
-    holder, first, second, counted = asyncio.run(main())
+    holder, first, second, counted, after_send = asyncio.run(main())
     assert first is holder
     assert counted[holder.replica_id.unique_id] == 1
     assert second is not holder
+    assert after_send == 2
 
 
 def test_an_assignment_never_sent_stops_counting_after_a_while(monkeypatch):
