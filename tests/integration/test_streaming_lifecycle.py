@@ -45,6 +45,8 @@ def test_stream_disconnect_aborts_engine_request(base_url, model_name, llm_handl
             seen, t0 = [], time.monotonic()
             deadline = t0 + 5
             while not seen or (seen[-1]["unfinished"] != 1 and time.monotonic() < deadline):
+                if seen:
+                    time.sleep(0.1)
                 seen.append(llm_handle.engine_stats.remote().result())
             assert seen[-1]["unfinished"] == 1, (
                 f"replica {r.headers.get('x-raygate-replica')} cache {r.headers.get('x-raygate-cache')}; "
