@@ -90,8 +90,8 @@ OVERRIDES: dict[str, Any] = {
     _LLM + "loading.startup_allowance_s": STARTUP_ALLOWANCE_S,
     # A GPU batches more sequences at once than the CPU default's 64.
     _LLM + "engine_args.max_num_seqs": 128,
-    # bfloat16 on GPUs; the CPU default is float32 because vLLM's bf16 path on AMX hosts gave wrong
-    # answers (see serve_config.yaml).
+    # bfloat16 on GPUs; the CPU default is float32 because vLLM's bf16 path on a CPU host (one with
+    # AMX) gave wrong answers (see serve_config.yaml).
     _LLM + "engine_args.dtype": "bfloat16",
     # CUDA graphs on (vLLM's default); the CPU config skips their compilation.
     _LLM + "engine_args.enforce_eager": DELETE,

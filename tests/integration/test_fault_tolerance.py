@@ -42,8 +42,8 @@ def _alive(pid: int) -> bool:
 
 
 def _kill_replica_under_load(base_url, model, handle, serving_the_stream: bool):
-    """Steady load on the two-replica model; 8 s in, SIGKILL the replica that serves the stream in
-    flight, or the other one once its engine runs a (non-streaming) request. Returns the load's result
+    """Steady load on the two-replica model; SIGKILL the replica that serves a young stream (from 1 s
+    into the load), or, from 8 s in, the other one once its engine runs a (non-streaming) request. Returns the load's result
     after the replica has been replaced."""
     before = _two_replicas(base_url, model)
     infos = {r: handle.process_info.remote(replica=r).result() for r in before}  # ahead: kill at once
