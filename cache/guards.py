@@ -7,8 +7,10 @@ details: a number, a negation, a unit, a named thing, a requested format or lang
 qualifier. Paraphrases reword the *frame* of a question (could you / how do I / pls) and keep those
 details. So a neighbour is accepted only when the details of both texts match:
 
-- numbers (digits, fractions, number words, `3-day` = `three day`, `10k` = `ten thousand`) are
-  equal, repeats counted; a count of one is not compared ("a cup" is "one cup");
+- numbers (digits, fractions, number words, `3-day` = `three day`, `10k` = `ten thousand`,
+  `70kg` = `70 kg`, `9:00 a.m.` = `9am`, `42 over 56` = `42/56`, `three-fifths` = `3/5`; see
+  `_numerals`; `x²` = `x^2`) are equal, repeats counted; a count of one is not compared ("a cup" is
+  "one cup");
 - negation cues (not, no, without, -free, prevent, avoid, stop X from, except, only, worst, ...)
   are equal as sets;
 - content words (stemmed, case-insensitive, outside a list of conversational frame words) of each
@@ -148,8 +150,15 @@ _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
 _FRACTION = re.compile(r"^(\d+)/(\d+)$")
 
 
+# Superscript digits are exponents: NFKC would fold "x²" into "x2" and "2²" into "22".
+_SUPERSCRIPTS = re.compile("[\u2070\u00b9\u00b2\u00b3\u2074-\u2079]+")
+_SUPERSCRIPT_DIGITS = str.maketrans("\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079", "0123456789")
+
+
 def normalize(text: str) -> str:
-    """Case-folded, unicode-normalized text with quotes unified: the form every check reads."""
+    """Case-folded, unicode-normalized text with quotes unified and superscript digits written as
+    exponents ("x²" is "x^2"): the form every check reads."""
+    text = _SUPERSCRIPTS.sub(lambda m: "^" + m[0].translate(_SUPERSCRIPT_DIGITS), text)
     text = unicodedata.normalize("NFKC", text).casefold().replace("\u2212", "-")  # the minus sign
     return text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
 
@@ -197,13 +206,71 @@ class Details:
 
 def _tokens(text: str) -> list[str]:
     text = normalize(text)
+    math = bool(_MATH.search(text))
     text = re.sub(r"(\d),(\d{3})", r"\1\2", text)  # 10,000 -> 10000
     text = re.sub(r"n't\b", " not", text)
     text = _ADDITIVE.sub(" ", text)
     text = _PREVENT_FROM.sub(r"not \1\2", text)
     text = _FREE.sub(r"without \1", text)
-    text = _THOUSANDS.sub(lambda m: f"{float(m[1]) * 1000:g}", text)
+    text = _numerals(text, math)
     return _WORD.findall(text)
+
+
+# How numbers are written, read one way whatever the spelling (each measured on dev.jsonl, where a
+# paraphrase wrote the number differently from its anchor):
+# "9:00" / "9:30" are times of day: 9 and 9.5, not 9 and 0.
+_CLOCK = re.compile(r"\b(\d{1,2}):(\d{2})\b")
+# "a.m." / "p.m." are "am" / "pm".
+_MERIDIEM = re.compile(r"\b([ap])\.m\.?(?=\W|$)")
+# "401(k)", "403(b)": a plan name, one token either way ("401k").
+_PAREN_LETTER = re.compile(r"\b(\d+)\(([a-z])\)")
+# "1st", "2nd", "3rd", "4th": the number.
+_ORDINAL_SUFFIX = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b")
+# A number glued to a unit ("5cm", "70kg", "3am") or, outside formulas, to any word ("python3"):
+# the two apart, as the same text spaced out reads.
+_DIGITS_THEN_LETTERS = re.compile(r"\b(\d+(?:\.\d+)?)([a-z]+)\b")
+# Units of measure and time split off their number in formulas too ("r=5cm").
+_DIGITS_THEN_UNIT = re.compile(r"\b(\d+(?:\.\d+)?)(mm|cm|km|kg|mg|lbs?|oz|ml|ft|mi|mph|kph|am|pm|hrs?|yrs?|mins?"
+                               r"|ms|sec|gb|mb|kb|tb|hz|khz|mhz|ghz|kw|kwh)\b")
+_LETTERS_THEN_DIGITS = re.compile(r"\b([a-z]+)(\d+(?:\.\d+)?)\b")
+# "50/30/20": three or more numbers between slashes are a list, not a fraction.
+_SLASH_LIST = re.compile(r"\b\d+(?:/\d+){2,}\b")
+# "42 over 56" is the fraction 42/56.
+_OVER = re.compile(r"\b(\d+) over (\d+)\b")
+# "three-fifths", "two thirds": a fraction in words.
+_DENOMINATORS = {"half": 2, "halves": 2, "third": 3, "fourth": 4, "quarter": 4, "fifth": 5, "sixth": 6,
+                 "seventh": 7, "eighth": 8, "ninth": 9, "tenth": 10}
+_WORD_FRACTION = re.compile(r"\b(one|two|three|four|five|six|seven|eight|nine|ten)[- ]"
+                            r"(halves|half|(?:third|fourth|quarter|fifth|sixth|seventh|eighth|ninth|tenth)s?)\b")
+# Verbs of multiplying by a number: "doubled" is "twice".
+_MULTIPLYING = re.compile(r"\b(doubl|tripl|halv)(?:ed|es|ing)\b")
+_MULTIPLYING_AS = {"doubl": "double", "tripl": "triple", "halv": "half"}
+
+
+def _variable_k(text: str, m: re.Match) -> bool:
+    """In a formula, "2k" next to an operator ("2k + 1", "n=2k") is 2 times k."""
+    before, after = text[:m.start()].rstrip()[-1:], text[m.end():].lstrip()[:1]
+    return bool(before and before in "-+*/^=(") or bool(after and after in "-+*/^=)")
+
+
+def _numerals(text: str, math: bool) -> str:
+    """`text` with every way of writing a number above rewritten to one spelling. In a formula
+    (`math`: the text has =, +, * or ^), a number and a letter stay one term, and "k" after a
+    number next to an operator ("2k + 1") is a variable, not "thousand"."""
+    text = _CLOCK.sub(lambda m: f"{int(m[1]) + int(m[2]) / 60:g}", text)
+    text = _MERIDIEM.sub(r"\1m", text)
+    text = _PAREN_LETTER.sub(r"\1\2", text)
+    text = _ORDINAL_SUFFIX.sub(r"\1", text)
+    text = _THOUSANDS.sub(lambda m: m[0] if math and _variable_k(text, m) else f"{float(m[1]) * 1000:g}", text)
+    text = _DIGITS_THEN_UNIT.sub(r"\1 \2", text)
+    if not math:  # in a formula "3x" is one term: "3x + 7" is not "7x + 3"
+        text = _DIGITS_THEN_LETTERS.sub(r"\1 \2", text)
+        text = _LETTERS_THEN_DIGITS.sub(r"\1 \2", text)
+    text = _SLASH_LIST.sub(lambda m: m[0].replace("/", " "), text)
+    text = _OVER.sub(r"\1/\2", text)
+    text = _WORD_FRACTION.sub(
+        lambda m: f"{_NUMBER_WORDS[m[1]]}/{_DENOMINATORS[m[2].rstrip('s') if m[2] != 'halves' else 'half']}", text)
+    return _MULTIPLYING.sub(lambda m: _MULTIPLYING_AS[m[1]], text)
 
 
 _DETERMINERS = frozenset("a an the my your his her its our their this that these those some any each every".split())

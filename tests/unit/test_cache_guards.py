@@ -170,3 +170,36 @@ def test_question_words_that_fix_the_answer_kind_are_content():
 ])
 def test_a_rare_shared_sense_is_not_synonymy(query, candidate):
     assert mismatch(query, candidate) is not None
+
+
+@pytest.mark.parametrize("query,candidate", [
+    # a unit or a meridiem glued to its number, a.m. with dots, a clock time
+    ("protein per day for 70kg person?", "How much protein do I need per day if I weigh 70 kg?"),
+    ("area of circle r=5cm", "Find the area of a circle with a radius of 5 cm."),
+    ("waking at 3am every night", "waking at 3 a.m. every night"),
+    ("train leaves at 9am", "train leaves at 9:00 a.m."),
+    # a version glued to its word, a plan name with and without brackets
+    ("python3 venv windows how to create", "How do I create a virtual environment in Python 3 on Windows?"),
+    ("401k employer match how does it work", "How does a 401(k) employer match work?"),
+    # "X over Y" is the fraction X/Y, a fraction in words, a list between slashes
+    ("What is 42 over 56 in simplest form?", "Simplify the fraction 42/56."),
+    ("Is three-fifths bigger than four-sevenths?", "Is 3/5 greater than 4/7?"),
+    ("Explain the 50-30-20 rule for budgeting.", "What is the 50/30/20 budgeting rule?"),
+    # "doubled" is "double": twice
+    ("And if we double the radius?", "What if the radius were doubled?"),
+    # a superscript is an exponent
+    ("factor x²-5x+6", "Factor x^2 - 5x + 6."),
+])
+def test_one_number_written_two_ways_is_one_number(query, candidate):
+    assert details(query).numbers == details(candidate).numbers, (details(query).numbers, details(candidate).numbers)
+
+
+@pytest.mark.parametrize("query,candidate", [
+    ("What is 2² ?", "What is 22 ?"),  # NFKC alone reads "2²" as "22"
+    ("Solve for x: 7x + 3 = 22", "Solve for x: 3x + 7 = 22"),  # in a formula "3x" is one term
+    ("Prove that 2k + 1 is odd", "Prove that 2000 + 1 is odd"),  # "2k" next to "+" is 2 times k
+    ("train leaves at 9:30", "train leaves at 9:00"),
+    ("How does a 403(b) plan work?", "How does a 401(k) plan work?"),
+])
+def test_numbers_written_alike_that_differ_are_told_apart(query, candidate):
+    assert mismatch(query, candidate) is not None
