@@ -74,6 +74,8 @@ async def drive(base_url: str, model: str, workload: list[tuple[str, str]], conc
     queue = list(enumerate(workload))
     latencies: list[float] = [0.0] * len(workload)
     answers: list[str] = [""] * len(workload)
+    texts: list[Optional[str]] = [None] * len(workload)
+    similarities: list[Optional[str]] = [None] * len(workload)
 
     async def worker():
         while queue:
@@ -83,8 +85,9 @@ async def drive(base_url: str, model: str, workload: list[tuple[str, str]], conc
                 raw = await client.chat.completions.with_raw_response.create(
                     model=model, messages=[{"role": "user", "content": prompt}], temperature=0,
                     max_tokens=max_tokens, extra_body={"ignore_eos": True})
-                raw.parse()
+                texts[i] = raw.parse().choices[0].message.content
                 answers[i] = raw.headers.get("x-raygate-cache", "none")
+                similarities[i] = raw.headers.get("x-raygate-cache-similarity")
             except Exception:
                 answers[i] = "error"
             latencies[i] = time.perf_counter() - t0
@@ -93,7 +96,24 @@ async def drive(base_url: str, model: str, workload: list[tuple[str, str]], conc
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t0
     await client.close()
-    return summarize(workload, answers, latencies, elapsed)
+    result = summarize(workload, answers, latencies, elapsed)
+    result["semantic_hits"] = semantic_hit_sources(workload, answers, texts, similarities)
+    return result
+
+
+def semantic_hit_sources(workload: list[tuple[str, str]], answers: list[str], texts: list[Optional[str]],
+                         similarities: list[Optional[str]]) -> list[dict]:
+    """Which stored entry each semantic hit was answered from, so that a wrong one can be read: the
+    prompts whose generated answer (a miss, which the cache stored) has the served answer's text.
+    At temperature 0 with 64 tokens two prompts rarely share an answer; `sources` lists every
+    prompt that had it (empty when none did: an entry from before the run)."""
+    generated: dict[str, list[str]] = collections.defaultdict(list)
+    for (_, prompt), answer, text in zip(workload, answers, texts):
+        if answer == "miss" and text is not None and prompt not in generated[text]:
+            generated[text].append(prompt)
+    return [{"kind": kind, "prompt": prompt, "similarity": similarity, "sources": generated.get(text, [])}
+            for (kind, prompt), answer, text, similarity in zip(workload, answers, texts, similarities)
+            if answer == "hit-semantic"]
 
 
 def summarize(workload: list[tuple[str, str]], answers: list[str], latencies_s: list[float], elapsed_s: float) -> dict:
@@ -152,6 +172,10 @@ def run_once(args, workload: list[tuple[str, str]], label: str, enabled: bool) -
     print(f"  {fmt(r['request_throughput'], '{:.2f}')} req/s, p50 {fmt(r['p50_e2el_ms'])} ms, "
           f"p99 {fmt(r['p99_e2el_ms'])} ms (answered requests); failed {r['errors']} of {r['requests']}, "
           f"answers {r['cache_answers']}", flush=True)
+    for hit in r["semantic_hits"]:
+        if hit["kind"] == "unique":  # a prompt sent once answered from another's entry: read it
+            print(f"  semantic hit on a unique prompt (similarity {hit['similarity']}): {hit['prompt']!r} "
+                  f"answered from {hit['sources']!r}", flush=True)
     print("  latency p50 by answer (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in r["p50_e2el_ms_by_answer"].items()))
     print("  CPU ms/request: " + ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_request"].items()), flush=True)
     return r

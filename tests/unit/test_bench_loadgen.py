@@ -220,3 +220,19 @@ def test_the_machine_is_read_not_typed(monkeypatch):
     assert m["gpus"] == ["NVIDIA L4", "NVIDIA L4"] and "no GPU" not in report.machine_line(m)
     # A result written before GPUs were read says so, instead of claiming there was none.
     assert "not recorded" in report.machine_line({"cpus": 2, "memory_gib": 24, "platform": "x", "gpu": None})
+
+
+def test_cache_workload_names_the_entry_a_semantic_hit_was_served_from():
+    from bench import cache_workload
+
+    workload = [("unique", "How far is the Moon?"), ("unique", "How far is the Sun?"),
+                ("paraphrase", "what's the moon's distance"), ("unique", "How far is Mars?")]
+    answers = ["miss", "miss", "hit-semantic", "hit-semantic"]
+    texts = ["384,400 km", "150 million km", "384,400 km", "150 million km"]
+    hits = cache_workload.semantic_hit_sources(workload, answers, texts, [None, None, "0.93", "0.91"])
+    assert hits == [
+        {"kind": "paraphrase", "prompt": "what's the moon's distance", "similarity": "0.93",
+         "sources": ["How far is the Moon?"]},
+        # a prompt sent once, answered with another prompt's answer: the wrong answer, named
+        {"kind": "unique", "prompt": "How far is Mars?", "similarity": "0.91", "sources": ["How far is the Sun?"]},
+    ]
