@@ -23,8 +23,10 @@ def body(model: str, i: int, stream: bool, plain_max_tokens: int = 48) -> dict:
 class LoadResult:
     plain: list[tuple[int, int, str]] = field(default_factory=list)  # status, retries, body head
     streams: list[tuple[int, list[str], int]] = field(default_factory=list)  # status, data lines, retries
-    stream_replica: str | None = None  # the replica serving the stream in flight now (x-raygate-replica)
-    stream_started: float = 0.0  # when its headers arrived (time.monotonic())
+    # The stream in flight now: (its replica from x-raygate-replica, when its headers arrived as
+    # time.monotonic()), set and cleared as one value so that a reader never pairs one stream's
+    # replica with another's start; None between streams.
+    stream_in_flight: tuple[str | None, float] | None = None
 
     def check(self) -> tuple[int, int]:
         """Assert nothing was lost; returns (non-streaming requests sent again, streams ended by an
@@ -59,10 +61,9 @@ async def _streams(http, url, model, until, out: LoadResult):
     i = 0
     while time.monotonic() < until:
         async with http.stream("POST", url, json=body(model, 10_000_000 + i, True), headers=HIGH) as r:
-            out.stream_started = time.monotonic()
-            out.stream_replica = r.headers.get("x-raygate-replica")
+            out.stream_in_flight = (r.headers.get("x-raygate-replica"), time.monotonic())
             events = [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
-            out.stream_replica = None
+            out.stream_in_flight = None
         out.streams.append((r.status_code, events, int(r.headers.get("x-raygate-retries", 0))))
         i += 1
 

@@ -49,30 +49,35 @@ def _kill_replica_under_load(base_url, model, handle, serving_the_stream: bool):
     infos = {r: handle.process_info.remote(replica=r).result() for r in before}  # ahead: kill at once
     killed = {}
 
+    def engine_busy(replica: str) -> bool | None:
+        """Whether the replica's engine holds a request; None when it did not answer within 5 s.
+        Bounded: a call pinned to a replica this driver's router does not offer waits for it forever
+        (CI hung here for 15 min once); the loop's deadline then fails the test."""
+        stats = handle.engine_stats.remote(replica=replica)
+        try:
+            return stats.result(timeout_s=5)["unfinished"] >= 1
+        except TimeoutError:
+            stats.cancel()
+            return None
+
     def kill(load):
         deadline = time.monotonic() + 30
         while True:
             assert time.monotonic() < deadline, "no request in flight to aim at"
-            streaming_on = load.stream_replica  # the replica whose stream has started (None between streams)
-            # A young stream: its 2,000 tokens are still being generated, not only still being read
-            # by the client (a finished generation can sit in socket buffers and end normally).
-            young = time.monotonic() - load.stream_started < 3.0
-            if streaming_on in before and serving_the_stream and young:
-                target = streaming_on
-                break
-            if streaming_on in before and not serving_the_stream:
+            in_flight = load.stream_in_flight  # one read: this stream's replica and start together
+            streaming_on = in_flight[0] if in_flight else None
+            if streaming_on in before and serving_the_stream:
+                # A young stream: its 2,000 tokens are still being generated, not only still being
+                # read by the client (a finished generation can sit in socket buffers and end normally).
+                if time.monotonic() - in_flight[1] < 3.0 and engine_busy(streaming_on) \
+                        and load.stream_in_flight is in_flight:
+                    target = streaming_on
+                    break
+            elif streaming_on in before:
                 # The other replica once its engine runs a request while the stream is still on the
                 # first: a non-streaming one.
                 target = next(r for r in before if r != streaming_on)
-                # Bounded: a call pinned to a replica this driver's router does not offer waits for it
-                # forever (CI hung here for 15 min once); the loop's deadline then fails the test.
-                stats = handle.engine_stats.remote(replica=target)
-                try:
-                    busy = stats.result(timeout_s=5)["unfinished"] >= 1
-                except TimeoutError:
-                    stats.cancel()
-                    continue
-                if busy and load.stream_replica == streaming_on:
+                if engine_busy(target) and load.stream_in_flight is in_flight:
                     break
             time.sleep(0.02)
         info = infos[target]
