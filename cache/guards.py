@@ -202,6 +202,9 @@ class Details:
     # content items right after a determiner ("a reverse mortgage", "the following code"): English
     # syntax puts a noun phrase there, so the word is a noun or a modifier, never a verb
     nominal: frozenset = field(default_factory=frozenset)
+    # the text states a condition ("... if I paint over it?"): words it adds to a request may be the
+    # condition, which changes the answer, however common they are
+    conditional: bool = False
 
 
 def _tokens(text: str) -> list[str]:
@@ -273,6 +276,9 @@ def _numerals(text: str, math: bool) -> str:
     return _MULTIPLYING.sub(lambda m: _MULTIPLYING_AS[m[1]], text)
 
 
+# Words that open a condition.
+_CONDITIONALS = frozenset({"if", "unless"})
+
 _DETERMINERS = frozenset("a an the my your his her its our their this that these those some any each every".split())
 
 # A capitalised word that does not open a sentence is a name in English orthography.
@@ -287,7 +293,9 @@ def details(text: str) -> Details:
     capitalised = {normalize(m) for m in _CAPITALISED.findall(text.strip())}
     names, words, nominal, counts = set(), [], set(), {}
     previous = ""
-    for tok in _tokens(text):
+    tokens = _tokens(text)
+    conditional = any(tok in _CONDITIONALS for tok in tokens)
+    for tok in tokens:
         tok = tok.strip()
         after_how, after_number = previous == "how", bool(_NUMBER.match(previous) or previous in _NUMBER_WORDS)
         after_determiner, previous = previous in _DETERMINERS, tok
@@ -343,7 +351,7 @@ def details(text: str) -> Details:
     return Details(tuple(sorted(numbers)), frozenset(negations), frozenset(content),
                    (tuple(directions), tuple(sorted((k, tuple(sorted(v))) for k, v in segments.items()))),
                    tuple(sorted(surface.items())), frozenset(names), tuple(words),
-                   tuple(sorted((n, k) for n, k in counts.items() if k > 1)), frozenset(nominal))
+                   tuple(sorted((n, k) for n, k in counts.items() if k > 1)), frozenset(nominal), conditional)
 
 
 def mismatch(query: str, candidate: str) -> Optional[str]:

@@ -373,7 +373,10 @@ def content_change(q, c) -> Optional[str]:
     - another spelling of the same word is kept (`_spelled_as`);
     - a word only one text has is allowed when it is a common verb or adverb (see LIGHT_MIN_COUNT):
       rewordings add and drop such words ("is it required", "should I take"), while an added noun,
-      adjective or rare word narrows the request ("vegan", "in Spanish", "for babies", "as a table").
+      adjective or rare word narrows the request ("vegan", "in Spanish", "for babies", "as a table");
+      unless that text states a condition ("if", "unless") the other does not: then the added words
+      are the condition ("Can I use regular caulk around a bathtub if I paint over it?", the one
+      look-alike dev.jsonl's checks served, and served in bench.cache_workload's live traffic).
     """
     only_q = sorted(q.content - c.content)
     only_c = sorted(c.content - q.content)
@@ -399,6 +402,9 @@ def content_change(q, c) -> Optional[str]:
     if left_q and left_c and any(siblings(wq[x], wc[y]) for x in left_q for y in left_c):
         return "sibling"
     names = q.names | c.names
+    for left, mine, other in ((left_q, q, c), (left_c, c, q)):
+        if left and mine.conditional and not other.conditional:
+            return "content"  # words added with a condition ("if I paint over it") are the condition
     for item, word in [(x, wq[x]) for x in left_q] + [(y, wc[y]) for y in left_c]:
         if item in PRONOUNS:
             continue  # a pronoun refers back to what is already named; replacing it is caught above

@@ -203,3 +203,14 @@ def test_one_number_written_two_ways_is_one_number(query, candidate):
 ])
 def test_numbers_written_alike_that_differ_are_told_apart(query, candidate):
     assert mismatch(query, candidate) is not None
+
+
+@wordnet
+def test_words_added_with_a_condition_are_the_condition():
+    # The look-alike the checks served on dev.jsonl and in bench.cache_workload's live traffic:
+    # "paint" is a common verb, and common verbs may be added by a rewording, but not as a condition.
+    assert mismatch("Can I use regular caulk around a bathtub if I paint over it?",
+                    "Can I use regular caulk around a bathtub?") == "content"
+    # Both state the condition: the common words a rewording adds are still allowed.
+    assert mismatch("What steps should I take if my dog has eaten grapes?",
+                    "What should I do if my dog ate grapes?") is None
