@@ -7,10 +7,12 @@ details: a number, a negation, a unit, a named thing, a requested format or lang
 qualifier. Paraphrases reword the *frame* of a question (could you / how do I / pls) and keep those
 details. So a neighbour is accepted only when the details of both texts match:
 
-- numbers (digits, fractions, number words, `3-day` = `three day`, `10k` = `ten thousand`,
-  `70kg` = `70 kg`, `9:00 a.m.` = `9am`, `42 over 56` = `42/56`, `three-fifths` = `3/5`; see
-  `_numerals`; `x²` = `x^2`) are equal, repeats counted; a count of one is not compared ("a cup" is
-  "one cup");
+- numbers (digits, number words, `3-day` = `three day`, `10k` = `ten thousand`, `70kg` = `70 kg`,
+  `9:00 a.m.` = `9am`, `x²` = `x^2`, `-5` = `minus 5`; see `_numerals`) are equal, repeats counted;
+  a count of one is not compared ("a cup" is "one cup"); numbers between slashes (`3/5` = `three-
+  fifths` = `3 over 5`, `1/2` = `half`, `50/30/20` = `50-30-20`, `03/04/2020`) are equal as written
+  and in order, never by value; `double`, `doubled`, `twice` are a factor (`twofold`), not the
+  number 2;
 - negation cues (not, no, without, -free, prevent, avoid, stop X from, except, only, worst, ...)
   are equal as sets;
 - content words (stemmed, case-insensitive, outside a list of conversational frame words) of each
@@ -88,7 +90,7 @@ _NUMBER_WORDS = {
     "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20,
     "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90,
     "hundred": 100, "thousand": 1000, "million": 1000000, "billion": 1000000000,
-    "dozen": 12, "half": 0.5, "quarter": 0.25, "twice": 2, "double": 2, "triple": 3,
+    "dozen": 12,
     "first": 1, "second": 2, "third": 3,
 }
 
@@ -140,19 +142,27 @@ _HOW_SAME = {"many": "much", "frequently": "often"}
 # that an earlier question applies to a new thing; the new thing is the content, not the particle.
 _ADDITIVE = re.compile(r"\b(?:too|as well)\s*(?=[?.!,]|$)")
 
-_WORD = re.compile(r"\d+/\d+|[a-z0-9]+(?:[.'][a-z0-9]+)*|[=!<>+*/%&|^~#@$]{1,4}| - ")
+_WORD = re.compile(r"\d+(?:/\d+)+|[a-z0-9]+(?:[.'][a-z0-9]+)*|[=!<>+*/%&|^~#@$]{1,4}| - ")
 # Words whose two sides are not interchangeable.
 # "of" relates a part or property to its whole ("15% of 80", "the capital of France"): its sides are
 # not interchangeable either.
 _DIRECTIONAL = frozenset({"to", "into", "from", "for", "than", "over", "instead", "per", "vs", "of"})
 _MATH = re.compile(r"[=+*^]")
+# A term with a variable next to a minus or a slash and a number ("3x - 7", "6x/3", "2k-1"): a formula
+# too, though it has none of the signs above.
+_TERM_OPERATOR = re.compile(r"\b\d+[a-z]\s*[-/]\s*\d|\d\s*[-/]\s*\d+[a-z]\b")
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
-_FRACTION = re.compile(r"^(\d+)/(\d+)$")
+_RATIO = re.compile(r"^\d+(?:/\d+)+$")
+
+
+def _is_formula(text: str) -> bool:
+    return bool(_MATH.search(text) or _TERM_OPERATOR.search(text))
 
 
 # Superscript digits are exponents: NFKC would fold "x²" into "x2" and "2²" into "22".
-_SUPERSCRIPTS = re.compile("[\u2070\u00b9\u00b2\u00b3\u2074-\u2079]+")
-_SUPERSCRIPT_DIGITS = str.maketrans("\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079", "0123456789")
+_SUPERSCRIPTS = re.compile("[\u2070\u00b9\u00b2\u00b3\u2074-\u207b]+")
+_SUPERSCRIPT_DIGITS = str.maketrans("\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079\u207a\u207b",
+                                    "0123456789+-")
 
 
 def normalize(text: str) -> str:
@@ -205,11 +215,14 @@ class Details:
     # the text states a condition ("... if I paint over it?"): words it adds to a request may be the
     # condition, which changes the answer, however common they are
     conditional: bool = False
+    # numbers written with slashes ("3/5", "50/30/20", "03/04/2020"), as written and in order: two
+    # slash groups are one only when their numbers are ("1/2" is "half", not "0.5" nor "2/4")
+    ratios: tuple = ()
 
 
 def _tokens(text: str) -> list[str]:
     text = normalize(text)
-    math = bool(_MATH.search(text))
+    math = _is_formula(text)
     text = re.sub(r"(\d),(\d{3})", r"\1\2", text)  # 10,000 -> 10000
     text = re.sub(r"n't\b", " not", text)
     text = _ADDITIVE.sub(" ", text)
@@ -220,60 +233,76 @@ def _tokens(text: str) -> list[str]:
 
 
 # How numbers are written, read one way whatever the spelling (each measured on dev.jsonl, where a
-# paraphrase wrote the number differently from its anchor):
+# paraphrase wrote the number differently from its anchor), and never two numbers read as one:
 # "9:00" / "9:30" are times of day: 9 and 9.5, not 9 and 0.
-_CLOCK = re.compile(r"\b(\d{1,2}):(\d{2})\b")
-# "a.m." / "p.m." are "am" / "pm".
-_MERIDIEM = re.compile(r"\b([ap])\.m\.?(?=\W|$)")
-# "401(k)", "403(b)": a plan name, one token either way ("401k").
-_PAREN_LETTER = re.compile(r"\b(\d+)\(([a-z])\)")
-# "1st", "2nd", "3rd", "4th": the number.
-_ORDINAL_SUFFIX = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b")
-# A number glued to a unit ("5cm", "70kg", "3am") or, outside formulas, to any word ("python3"):
-# the two apart, as the same text spaced out reads.
-_DIGITS_THEN_LETTERS = re.compile(r"\b(\d+(?:\.\d+)?)([a-z]+)\b")
-# Units of measure and time split off their number in formulas too ("r=5cm").
-_DIGITS_THEN_UNIT = re.compile(r"\b(\d+(?:\.\d+)?)(mm|cm|km|kg|mg|lbs?|oz|ml|ft|mi|mph|kph|am|pm|hrs?|yrs?|mins?"
+_CLOCK = re.compile(r"\b(\d{1,2}):(\d{2})(?!\d)")
+# "9am", "9 am", "9 a.m." are "9 a.m": a.m and p.m are content words, so "9am to 5pm" is not
+# "9pm to 5am" (the order check sees them swap sides of "to").
+_MERIDIEM = re.compile(r"(\d)\s*([ap])\.?m\b\.?")
+# A minus sign before a number (not a dash between words or a binary minus): "10⁻³", "x^-2", "-5".
+_NEGATIVE = re.compile(r"(?<![\w)\]])-(?=\d)")
+# US retirement plans: "401(k)", "401k", "403(b)", "457(b)" are names, not 401,000.
+_PLAN = re.compile(r"\b(401|403|457)\s*\(?([kb])\)?(?![a-z])")
+# A number glued to a unit ("5cm", "70kg") or, outside formulas, to a word of two letters or more
+# ("python3", "2nd"): the two apart, as the same text spaced out reads. A single letter stays glued
+# ("3x", "i7", "x2"): a variable or a model name, where "3x" is not "x3" and "i7" is not "i 7".
+_DIGITS_THEN_UNIT = re.compile(r"\b(\d+(?:\.\d+)?)(mm|cm|km|kg|mg|lbs?|oz|ml|ft|mi|mph|kph|hrs?|yrs?|mins?"
                                r"|ms|sec|gb|mb|kb|tb|hz|khz|mhz|ghz|kw|kwh)\b")
-_LETTERS_THEN_DIGITS = re.compile(r"\b([a-z]+)(\d+(?:\.\d+)?)\b")
-# "50/30/20": three or more numbers between slashes are a list, not a fraction.
-_SLASH_LIST = re.compile(r"\b\d+(?:/\d+){2,}\b")
-# "42 over 56" is the fraction 42/56.
+_DIGITS_THEN_LETTERS = re.compile(r"\b(\d+(?:\.\d+)?)([a-z]{2,})\b")
+_LETTERS_THEN_DIGITS = re.compile(r"\b([a-z]{2,})(\d+(?:\.\d+)?)\b")
+# "50-30-20" is the list "50/30/20"; numbers between slashes are compared as written, in order
+# (`Details.ratios`): "03/04/2020" is not "04/03/2020", "120/80" is not "150/100".
+_DASH_LIST = re.compile(r"\b\d+(?:-\d+){2,}\b")
+# "42 over 56" is 42/56.
 _OVER = re.compile(r"\b(\d+) over (\d+)\b")
-# "three-fifths", "two thirds": a fraction in words.
+# "three-fifths", "two thirds", "half", "a quarter": fractions in words.
 _DENOMINATORS = {"half": 2, "halves": 2, "third": 3, "fourth": 4, "quarter": 4, "fifth": 5, "sixth": 6,
                  "seventh": 7, "eighth": 8, "ninth": 9, "tenth": 10}
 _WORD_FRACTION = re.compile(r"\b(one|two|three|four|five|six|seven|eight|nine|ten)[- ]"
                             r"(halves|half|(?:third|fourth|quarter|fifth|sixth|seventh|eighth|ninth|tenth)s?)\b")
-# Verbs of multiplying by a number: "doubled" is "twice".
-_MULTIPLYING = re.compile(r"\b(doubl|tripl|halv)(?:ed|es|ing)\b")
-_MULTIPLYING_AS = {"doubl": "double", "tripl": "triple", "halv": "half"}
+_HALF_QUARTER = re.compile(r"\b(half|quarter)\b")
+# Multiplying by a number: "double", "doubled", "twice" are "twofold" -- a factor, not the number 2
+# ("the radius doubled" is not "the radius is 2").
+_MULTIPLYING = re.compile(r"\b(?:(doubl|tripl)(?:e|ed|es|ing)|twice|thrice|halv(?:e|ed|ing))\b")
+
+
+def _factor(m: re.Match) -> str:
+    word = m[0]
+    if word.startswith("halv"):
+        return "halffold"
+    return "threefold" if word.startswith("tripl") or word == "thrice" else "twofold"
+
+
+def _split_word_digits(m: re.Match) -> str:
+    return m[0] if m[1] in FRAME_WORDS else f"{m[1]} {m[2]}"
 
 
 def _variable_k(text: str, m: re.Match) -> bool:
-    """In a formula, "2k" next to an operator ("2k + 1", "n=2k") is 2 times k."""
+    """In a formula, "2k" next to an operator ("2k + 1", "n=2k", "2k-1") is 2 times k."""
     before, after = text[:m.start()].rstrip()[-1:], text[m.end():].lstrip()[:1]
     return bool(before and before in "-+*/^=(") or bool(after and after in "-+*/^=)")
 
 
 def _numerals(text: str, math: bool) -> str:
     """`text` with every way of writing a number above rewritten to one spelling. In a formula
-    (`math`: the text has =, +, * or ^), a number and a letter stay one term, and "k" after a
-    number next to an operator ("2k + 1") is a variable, not "thousand"."""
+    (`math`: the text has =, +, * or ^, or a term such as "3x" next to - or /), a number and a
+    letter stay one term, and "k" after a number next to an operator ("2k + 1") is a variable,
+    not "thousand"."""
     text = _CLOCK.sub(lambda m: f"{int(m[1]) + int(m[2]) / 60:g}", text)
-    text = _MERIDIEM.sub(r"\1m", text)
-    text = _PAREN_LETTER.sub(r"\1\2", text)
-    text = _ORDINAL_SUFFIX.sub(r"\1", text)
+    text = _MERIDIEM.sub(r"\1 \2.m ", text)
+    text = _NEGATIVE.sub(" minus ", text)
+    text = _PLAN.sub(r"plan\1\2", text)
     text = _THOUSANDS.sub(lambda m: m[0] if math and _variable_k(text, m) else f"{float(m[1]) * 1000:g}", text)
     text = _DIGITS_THEN_UNIT.sub(r"\1 \2", text)
     if not math:  # in a formula "3x" is one term: "3x + 7" is not "7x + 3"
         text = _DIGITS_THEN_LETTERS.sub(r"\1 \2", text)
-        text = _LETTERS_THEN_DIGITS.sub(r"\1 \2", text)
-    text = _SLASH_LIST.sub(lambda m: m[0].replace("/", " "), text)
+        text = _LETTERS_THEN_DIGITS.sub(_split_word_digits, text)
+    text = _DASH_LIST.sub(lambda m: m[0].replace("-", "/"), text)
     text = _OVER.sub(r"\1/\2", text)
     text = _WORD_FRACTION.sub(
         lambda m: f"{_NUMBER_WORDS[m[1]]}/{_DENOMINATORS[m[2].rstrip('s') if m[2] != 'halves' else 'half']}", text)
-    return _MULTIPLYING.sub(lambda m: _MULTIPLYING_AS[m[1]], text)
+    text = _MULTIPLYING.sub(_factor, text)
+    return _HALF_QUARTER.sub(lambda m: "1/2" if m[1] == "half" else "1/4", text)
 
 
 # Words that open a condition.
@@ -288,8 +317,8 @@ _CAPITALISED = re.compile(r"(?<![.!?:\n]\s)(?<!^)\b([A-Z][A-Za-z0-9]*)")
 @lru_cache(maxsize=65536)
 def details(text: str) -> Details:
     numbers, negations, content = [], set(), set()
-    segment, segments, surface, directions = 0, {}, {}, []
-    math = bool(_MATH.search(text))
+    segment, segments, surface, directions, ratios = 0, {}, {}, [], []
+    math = _is_formula(normalize(text))
     capitalised = {normalize(m) for m in _CAPITALISED.findall(text.strip())}
     names, words, nominal, counts = set(), [], set(), {}
     previous = ""
@@ -317,9 +346,8 @@ def details(text: str) -> Details:
             numbers[-1] *= _MULTIPLIERS[tok]
             segments.setdefault(f"#{numbers[-1]:g}", set()).add(segment)
             continue
-        fraction = _FRACTION.match(tok)
-        if fraction:
-            numbers.append(int(fraction[1]) / max(int(fraction[2]), 1))
+        if _RATIO.match(tok):
+            ratios.append("/".join(str(int(x)) for x in tok.split("/")))
             continue
         if _NUMBER.match(tok) or tok in _NUMBER_WORDS:
             numbers.append(float(_NUMBER_WORDS[tok] if tok in _NUMBER_WORDS else tok))
@@ -351,7 +379,8 @@ def details(text: str) -> Details:
     return Details(tuple(sorted(numbers)), frozenset(negations), frozenset(content),
                    (tuple(directions), tuple(sorted((k, tuple(sorted(v))) for k, v in segments.items()))),
                    tuple(sorted(surface.items())), frozenset(names), tuple(words),
-                   tuple(sorted((n, k) for n, k in counts.items() if k > 1)), frozenset(nominal), conditional)
+                   tuple(sorted((n, k) for n, k in counts.items() if k > 1)), frozenset(nominal), conditional,
+                   tuple(sorted(ratios)))
 
 
 def mismatch(query: str, candidate: str) -> Optional[str]:
@@ -359,7 +388,7 @@ def mismatch(query: str, candidate: str) -> Optional[str]:
 
     Reasons: "numbers", "negation", "antonym", "sibling", "content", "order"."""
     q, c = details(query), details(candidate)
-    if q.numbers != c.numbers:
+    if q.numbers != c.numbers or q.ratios != c.ratios:
         return "numbers"
     if q.negations != c.negations:
         return "negation"

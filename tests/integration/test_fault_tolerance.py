@@ -69,8 +69,10 @@ def _kill_replica_under_load(base_url, model, handle, serving_the_stream: bool):
             if streaming_on in before and serving_the_stream:
                 # A young stream: its 2,000 tokens are still being generated, not only still being
                 # read by the client (a finished generation can sit in socket buffers and end normally).
+                # (Its engine busy shows the replica is up; the age is read again after that call,
+                # which can take seconds, and the stream must still be the one in flight.)
                 if time.monotonic() - in_flight[1] < 3.0 and engine_busy(streaming_on) \
-                        and load.stream_in_flight is in_flight:
+                        and time.monotonic() - in_flight[1] < 3.0 and load.stream_in_flight is in_flight:
                     target = streaming_on
                     break
             elif streaming_on in before:

@@ -36,8 +36,9 @@ def test_rewordings_that_keep_the_details_pass(query, candidate):
 
 
 def test_numbers_are_normalised():
-    assert details("$10,000 and 1/2 cup").numbers == details("10000 dollars, 0.5 cup").numbers
-    assert details("1 cup, 1/2 cup").numbers != details("1 cup, 1 cup").numbers
+    assert details("$10,000 and 1/2 cup").numbers == details("10000 dollars, half a cup").numbers
+    assert details("$10,000 and 1/2 cup").ratios == details("10000 dollars, half a cup").ratios == ("1/2",)
+    assert mismatch("1 cup, 1/2 cup", "1 cup, 1 cup") == "numbers"
 
 
 # ---- WordNet-aware content checks (cache/lexicon.py) -------------------------------------------
@@ -178,6 +179,7 @@ def test_a_rare_shared_sense_is_not_synonymy(query, candidate):
     ("area of circle r=5cm", "Find the area of a circle with a radius of 5 cm."),
     ("waking at 3am every night", "waking at 3 a.m. every night"),
     ("train leaves at 9am", "train leaves at 9:00 a.m."),
+    ("train leaves at 9:30am", "train leaves at 9:30 a.m."),
     # a version glued to its word, a plan name with and without brackets
     ("python3 venv windows how to create", "How do I create a virtual environment in Python 3 on Windows?"),
     ("401k employer match how does it work", "How does a 401(k) employer match work?"),
@@ -185,13 +187,20 @@ def test_a_rare_shared_sense_is_not_synonymy(query, candidate):
     ("What is 42 over 56 in simplest form?", "Simplify the fraction 42/56."),
     ("Is three-fifths bigger than four-sevenths?", "Is 3/5 greater than 4/7?"),
     ("Explain the 50-30-20 rule for budgeting.", "What is the 50/30/20 budgeting rule?"),
-    # "doubled" is "double": twice
-    ("And if we double the radius?", "What if the radius were doubled?"),
     # a superscript is an exponent
     ("factor x²-5x+6", "Factor x^2 - 5x + 6."),
 ])
 def test_one_number_written_two_ways_is_one_number(query, candidate):
-    assert details(query).numbers == details(candidate).numbers, (details(query).numbers, details(candidate).numbers)
+    q, c = details(query), details(candidate)
+    assert (q.numbers, q.ratios) == (c.numbers, c.ratios), ((q.numbers, q.ratios), (c.numbers, c.ratios))
+
+
+@pytest.mark.parametrize("query,candidate", [
+    ("And if we double the radius?", "What if the radius were doubled?"),  # a factor, either verb form
+    ("Twice the dose", "Doubling the dose"),
+])
+def test_factors_written_two_ways_are_one_factor(query, candidate):
+    assert details(query).content == details(candidate).content
 
 
 @pytest.mark.parametrize("query,candidate", [
@@ -200,6 +209,22 @@ def test_one_number_written_two_ways_is_one_number(query, candidate):
     ("Prove that 2k + 1 is odd", "Prove that 2000 + 1 is odd"),  # "2k" next to "+" is 2 times k
     ("train leaves at 9:30", "train leaves at 9:00"),
     ("How does a 403(b) plan work?", "How does a 401(k) plan work?"),
+    ("Is a 401(k) worth it?", "Is $401,000 worth it?"),  # a plan's name, not 401 thousand
+    # found by review (2026-12-07) against the first version of these readings:
+    ("What is the area if the radius is doubled?", "What is the area if the radius is 2?"),
+    ("Is a blood pressure of 120 over 80 normal?", "Is a blood pressure of 150 over 100 normal?"),
+    ("Is 120/80 a normal blood pressure?", "Is 150/100 a normal blood pressure?"),
+    ("What day of the week was 03/04/2020?", "What day of the week was 04/03/2020?"),
+    ("What is 10⁻³ in decimal?", "What is 10³ in decimal?"),
+    ("Simplify x^-2 * x^3", "Simplify x^2 * x^3"),
+    ("Is a 9am to 5pm shift legal?", "Is a 9pm to 5am shift legal?"),
+    ("What is the derivative of 3x - 7?", "What is the derivative of 7x - 3?"),
+    ("Simplify 6x/3", "Simplify 3x/6"),
+    ("Prove that 2k-1 is odd", "Prove that 2000-1 is odd"),
+    ("i7 or Ryzen 5 for gaming?", "i5 or Ryzen 7 for gaming?"),
+    ("What is the 2nd largest planet?", "What are the 2 largest planets?"),
+    ("Simplify the fraction 2/4.", "Simplify the fraction 1/2."),
+    ("Add 1/2 cup of sugar", "Add 2 cups of sugar"),
 ])
 def test_numbers_written_alike_that_differ_are_told_apart(query, candidate):
     assert mismatch(query, candidate) is not None
