@@ -215,8 +215,9 @@ class Details:
     # the text states a condition ("... if I paint over it?"): words it adds to a request may be the
     # condition, which changes the answer, however common they are
     conditional: bool = False
-    # numbers written with slashes ("3/5", "50/30/20", "03/04/2020"), as written and in order: two
-    # slash groups are one only when their numbers are ("1/2" is "half", not "0.5" nor "2/4")
+    # numbers compared as written, not by value: slash groups ("3/5", "50/30/20", "03/04/2020", in
+    # order: "1/2" is "half", not "0.5" nor "2/4"), factors ("x2" for double, doubled, twice) and
+    # plan names ("401k")
     ratios: tuple = ()
 
 
@@ -264,6 +265,10 @@ _HALF_QUARTER = re.compile(r"\b(half|quarter)\b")
 # Multiplying by a number: "double", "doubled", "twice" are "twofold" -- a factor, not the number 2
 # ("the radius doubled" is not "the radius is 2").
 _MULTIPLYING = re.compile(r"\b(?:(doubl|tripl)(?:e|ed|es|ing)|twice|thrice|halv(?:e|ed|ing))\b")
+
+
+_FACTORS = {"twofold": "x2", "threefold": "x3", "halffold": "x0.5"}
+_PLAN_TOKEN = re.compile(r"^plan\d{3}[kb]$")
 
 
 def _factor(m: re.Match) -> str:
@@ -348,6 +353,12 @@ def details(text: str) -> Details:
             continue
         if _RATIO.match(tok):
             ratios.append("/".join(str(int(x)) for x in tok.split("/")))
+            continue
+        if tok in _FACTORS:  # a factor is a number too ("doubled" is not "halved")
+            ratios.append(_FACTORS[tok])
+            continue
+        if _PLAN_TOKEN.match(tok):  # "401k" is not "403b"
+            ratios.append(tok[len("plan"):])
             continue
         if _NUMBER.match(tok) or tok in _NUMBER_WORDS:
             numbers.append(float(_NUMBER_WORDS[tok] if tok in _NUMBER_WORDS else tok))
