@@ -59,7 +59,7 @@ from cache.embedder import Embedder
 from cache.keys import plan
 from common.request_kind import RequestKind
 from deployments.request_parsing import validate_request
-from cache.guards import details, mismatch, normalize, order_swapped
+from cache.guards import details, mismatch, normalize, numbers_differ, order_swapped
 from cache.matching import CANDIDATES, guarded_neighbours
 from cache.store import IndexRecord
 from cache.vector_index import VectorIndex
@@ -236,7 +236,7 @@ def edit_candidates(index: VectorIndex, entries: list[tuple[str, Optional[str]]]
     for n in index.search(probe.scope, vector, EDIT_FLOOR, k=CANDIDATES):
         entry = entries[int(n.key)][1]
         q, c = details(probe.text), details(entry)
-        agree = q.numbers == c.numbers and q.negations == c.negations and not order_swapped(q, c)
+        agree = not numbers_differ(q, c) and q.negations == c.negations and not order_swapped(q, c)
         out.append(Candidate(int(n.key), n.similarity, agree, q.content == c.content, lexical_overlap(probe.text, entry)))
     return out
 

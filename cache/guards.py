@@ -399,7 +399,7 @@ def mismatch(query: str, candidate: str) -> Optional[str]:
 
     Reasons: "numbers", "negation", "antonym", "sibling", "content", "order"."""
     q, c = details(query), details(candidate)
-    if q.numbers != c.numbers or q.ratios != c.ratios:
+    if numbers_differ(q, c):
         return "numbers"
     if q.negations != c.negations:
         return "negation"
@@ -412,6 +412,12 @@ def mismatch(query: str, candidate: str) -> Optional[str]:
     if order_swapped(q, c):
         return "order"
     return None
+
+
+def numbers_differ(q: Details, c: Details) -> bool:
+    """True when the texts' numbers differ: their values (with repeats) or their written forms
+    compared as written (`Details.ratios`)."""
+    return q.numbers != c.numbers or q.ratios != c.ratios
 
 
 def _repeats_differ(q: Details, c: Details) -> bool:
