@@ -12,7 +12,9 @@ details. So a neighbour is accepted only when the details of both texts match:
   a count of one is not compared ("a cup" is "one cup"); numbers between slashes (`3/5` = `three-
   fifths` = `3 over 5`, `1/2` = `half`, `50/30/20` = `50-30-20`, `03/04/2020`) are equal as written
   and in order, never by value; `double`, `doubled`, `twice` are a factor (`twofold`), not the
-  number 2;
+  number 2; decimals are compared as written too ("Python 3.10" is not "3.1"); in a formula the
+  numbers and operators are compared in the order written ("2^10" is not "10^2"); ordinals
+  ("first") are words, not the number one;
 - negation cues (not, no, without, -free, prevent, avoid, stop X from, except, only, worst, ...)
   are equal as sets;
 - content words (stemmed, case-insensitive, outside a list of conversational frame words) of each
@@ -91,7 +93,6 @@ _NUMBER_WORDS = {
     "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90,
     "hundred": 100, "thousand": 1000, "million": 1000000, "billion": 1000000000,
     "dozen": 12,
-    "first": 1, "second": 2, "third": 3,
 }
 
 # Small, explicit synonym groups for frame-adjacent words that paraphrases swap. Entities, units,
@@ -146,11 +147,15 @@ _WORD = re.compile(r"\d+(?:/\d+)+|[a-z0-9]+(?:[.'][a-z0-9]+)*|[=!<>+*/%&|^~#@$]{
 # Words whose two sides are not interchangeable.
 # "of" relates a part or property to its whole ("15% of 80", "the capital of France"): its sides are
 # not interchangeable either.
-_DIRECTIONAL = frozenset({"to", "into", "from", "for", "than", "over", "instead", "per", "vs", "of"})
+# "by" orders its sides too ("20 divided by 4" is not "4 divided by 20").
+_DIRECTIONAL = frozenset({"to", "into", "from", "for", "than", "over", "instead", "per", "vs", "of", "by"})
 _MATH = re.compile(r"[=+*^]")
 # A term with a variable next to a minus or a slash and a number ("3x - 7", "6x/3", "2k-1"): a formula
 # too, though it has none of the signs above.
-_TERM_OPERATOR = re.compile(r"\b\d+[a-z]\s*[-/]\s*\d|\d\s*[-/]\s*\d+[a-z]\b")
+_TERM_OPERATOR = re.compile(r"\b\d+[a-z]\s*[-/]\s*\d|\d\s*[-/]\s*\d+[a-z]\b|\d\s+-\s+\d|\d\s*[\u00f7\u00d7]\s*\d")
+# What a formula's answer depends on: its numbers and operators in the order written
+# ("2^10" is not "10^2", "x + 3 = 7" is not "x + 7 = 3", "(2 + 3) * 4" is not "2 + 3 * 4").
+_FORMULA_SIGNS = re.compile(r"\d+(?:\.\d+)?|[-+*/^=()<>\u00f7\u00d7]")
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
 _RATIO = re.compile(r"^\d+(?:/\d+)+$")
 
@@ -170,6 +175,7 @@ def normalize(text: str) -> str:
     exponents ("x²" is "x^2"): the form every check reads."""
     text = _SUPERSCRIPTS.sub(lambda m: "^" + m[0].translate(_SUPERSCRIPT_DIGITS), text)
     text = unicodedata.normalize("NFKC", text).casefold().replace("\u2212", "-")  # the minus sign
+    text = text.replace("\u2044", "/")  # the fraction slash: NFKC writes "½" as "1\u20442"
     return text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
 
 
@@ -324,6 +330,9 @@ def details(text: str) -> Details:
     numbers, negations, content = [], set(), set()
     segment, segments, surface, directions, ratios = 0, {}, {}, [], []
     math = _is_formula(normalize(text))
+    signs = _FORMULA_SIGNS.findall(normalize(text)) if math else []
+    if sum(sign[0].isdigit() for sign in signs) >= 2:  # with one number, order cannot differ
+        ratios.append("formula " + "".join(signs))
     capitalised = {normalize(m) for m in _CAPITALISED.findall(text.strip())}
     names, words, nominal, counts = set(), [], set(), {}
     previous = ""
@@ -352,7 +361,8 @@ def details(text: str) -> Details:
             segments.setdefault(f"#{numbers[-1]:g}", set()).add(segment)
             continue
         if _RATIO.match(tok):
-            ratios.append("/".join(str(int(x)) for x in tok.split("/")))
+            ratios.append("/".join(x.lstrip("0") or "0" for x in tok.split("/")))
+            segments.setdefault(f"#{ratios[-1]}", set()).add(segment)  # "3/4 bigger than 2/3" has an order
             continue
         if tok in _FACTORS:  # a factor is a number too ("doubled" is not "halved")
             ratios.append(_FACTORS[tok])
@@ -360,6 +370,9 @@ def details(text: str) -> Details:
         if _PLAN_TOKEN.match(tok):  # "401k" is not "403b"
             ratios.append(tok[len("plan"):])
             continue
+        if _NUMBER.match(tok) and ("." in tok or len(tok) > 15):
+            # as written too: "3.10" (a version) is not "3.1", and past 15 digits floats merge numbers
+            ratios.append(tok.lstrip("0") or "0")
         if _NUMBER.match(tok) or tok in _NUMBER_WORDS:
             numbers.append(float(_NUMBER_WORDS[tok] if tok in _NUMBER_WORDS else tok))
             # numbers take part in the order check ("15% of 80" is not "80% of 15")

@@ -227,6 +227,19 @@ def test_factors_written_two_ways_are_one_factor(query, candidate):
     ("What is the 2nd largest planet?", "What are the 2 largest planets?"),
     ("Simplify the fraction 2/4.", "Simplify the fraction 1/2."),
     ("Add 1/2 cup of sugar", "Add 2 cups of sugar"),
+    # found by a second review (2026-12-07), each served as equal before:
+    ("What's new in Python 3.10?", "What's new in Python 3.1?"),
+    ("What is 20 divided by 4?", "What is 4 divided by 20?"),
+    ("What is 2^10?", "What is 10^2?"),
+    ("What is 144 ÷ 12?", "What is 144 × 12?"),
+    ("What is 10 - 3?", "What is 3 - 10?"),
+    ("Who was the first president of the United States?", "Who is the president of the United States?"),
+    ("Solve x + 3 = 7", "Solve x + 7 = 3"),
+    ("What is (2 + 3) * 4?", "What is 2 + 3 * 4?"),
+    ("How many tablespoons in a third of a cup?", "How many tablespoons in three cups?"),
+    ("Convert ½ cup of butter to grams", "Convert 2 cups of butter to grams"),
+    ("Is 3/4 bigger than 2/3?", "Is 2/3 bigger than 3/4?"),
+    ("Is 9007199254740993 prime?", "Is 9007199254740992 prime?"),
 ])
 def test_numbers_written_alike_that_differ_are_told_apart(query, candidate):
     assert mismatch(query, candidate) is not None
@@ -241,3 +254,10 @@ def test_words_added_with_a_condition_are_the_condition():
     # Both state the condition: the common words a rewording adds are still allowed.
     assert mismatch("What steps should I take if my dog has eaten grapes?",
                     "What should I do if my dog ate grapes?") is None
+
+
+def test_odd_numbers_do_not_crash_the_reading():
+    # int() refuses strings of more than 4,300 digits: a slash group of them raised ValueError
+    assert mismatch("1" * 5000 + "/2", "1" * 5000 + "/3") == "numbers"
+    for text in ("", "1/0", "0/0", "1e400", "3.14.15", "٣ + ٤", "３", "½", "10^-3", "1" * 400):
+        details(text)
