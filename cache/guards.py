@@ -227,9 +227,8 @@ class Details:
     ratios: tuple = ()
 
 
-def _tokens(text: str) -> list[str]:
-    text = normalize(text)
-    math = _is_formula(text)
+def _tokens(text: str, math: bool) -> list[str]:
+    """The words, numbers and symbols of `text` (already `normalize`d; `math`: it is a formula)."""
     text = re.sub(r"(\d),(\d{3})", r"\1\2", text)  # 10,000 -> 10000
     text = re.sub(r"n't\b", " not", text)
     text = _ADDITIVE.sub(" ", text)
@@ -329,14 +328,15 @@ _CAPITALISED = re.compile(r"(?<![.!?:\n]\s)(?<!^)\b([A-Z][A-Za-z0-9]*)")
 def details(text: str) -> Details:
     numbers, negations, content = [], set(), set()
     segment, segments, surface, directions, ratios = 0, {}, {}, [], []
-    math = _is_formula(normalize(text))
-    signs = _FORMULA_SIGNS.findall(normalize(text)) if math else []
+    normalized = normalize(text)
+    math = _is_formula(normalized)
+    signs = _FORMULA_SIGNS.findall(normalized) if math else []
     if sum(sign[0].isdigit() for sign in signs) >= 2:  # with one number, order cannot differ
         ratios.append("formula " + "".join(signs))
     capitalised = {normalize(m) for m in _CAPITALISED.findall(text.strip())}
     names, words, nominal, counts = set(), [], set(), {}
     previous = ""
-    tokens = _tokens(text)
+    tokens = _tokens(normalized, math)
     conditional = any(tok in _CONDITIONALS for tok in tokens)
     for tok in tokens:
         tok = tok.strip()
