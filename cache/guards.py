@@ -14,7 +14,7 @@ details. So a neighbour is accepted only when the details of both texts match:
   and in order, never by value; `double`, `doubled`, `twice` are a factor (`twofold`), not the
   number 2; decimals are compared as written too ("Python 3.10" is not "3.1"); in a formula the
   numbers and operators are compared in the order written ("2^10" is not "10^2"); ordinals
-  ("first") are words, not the number one;
+  ("first") are words, not the number one; currency signs are content ("£100" is not "€100");
 - negation cues (not, no, without, -free, prevent, avoid, stop X from, except, only, worst, ...)
   are equal as sets;
 - content words (stemmed, case-insensitive, outside a list of conversational frame words) of each
@@ -22,8 +22,11 @@ details. So a neighbour is accepted only when the details of both texts match:
   content. Without WordNet "kept" means a small list of synonyms; with it (cache/lexicon.py) a
   word sharing a sense, another spelling of the word, and added or dropped generic verbs and
   adverbs; an antonym or a sibling (another city, language, unit) in its place is a change;
-- "how often / long / much / far / old" are question words of their own and match literally;
-- no two shared content words swap sides of the same directional words ("Celsius to Fahrenheit").
+- "how often / long / much / far / old" are question words of their own and match literally, but for
+  a count restated with an amount noun ("how much vitamin D daily" / "the daily vitamin D dose";
+  cache/lexicon.py `_restated_questions`);
+- no two shared content words swap sides of the same directional words ("Celsius to Fahrenheit"),
+  nor of "in" ("100 dollars in euros").
 
 The checks are deliberately strict: a guard that rejects a true paraphrase costs one generation; a
 guard that accepts a look-alike serves a wrong answer. `bench/cache_eval.py` measures both.
@@ -225,6 +228,19 @@ class Details:
     # order: "1/2" is "half", not "0.5" nor "2/4"), factors ("x2" for double, doubled, twice) and
     # plan names ("401k")
     ratios: tuple = ()
+    # what a "how" question quantifies: the content item right after it ("how many calories" ->
+    # ("how-much", "calori")); used to accept a rewording that names the quantity instead
+    how_objects: tuple = ()
+    # content items right after a number ("5 kilometers"): a quantity the text gives, not one it asks
+    counted: frozenset = field(default_factory=frozenset)
+    # "in" relates a thing to what contains or expresses it ("100 dollars in euros", "sugar in
+    # coffee"), so its sides are not interchangeable either; it is also the commonest preposition of
+    # a fronted phrase ("In Python, ..."), so it gets an order check of its own rather than a place
+    # among the directional words: (number of "in", item -> segments between them, whether the
+    # text does not open with "in": a fronted "In Python, ..." puts the segments out of order)
+    containment: tuple = (0, (), True)
+    # the text opens with an auxiliary ("Is ...", "Does ...", "Can ..."): a yes/no question
+    yes_no: bool = False
 
 
 def _tokens(text: str, math: bool) -> list[str]:
@@ -236,6 +252,19 @@ def _tokens(text: str, math: bool) -> list[str]:
     text = _FREE.sub(r"without \1", text)
     text = _numerals(text, math)
     return _WORD.findall(text)
+
+
+# Currency signs are content, each its own ("£100" is not "€100"; "$" is a symbol of _WORD already):
+# not read as the currency's name, since "£" / "pound" is also a weight and "$5.99" in a regex or a
+# format string is the sign itself.
+_CURRENCY_SIGNS = {"£": "poundsign", "€": "eurosign", "¥": "yensign", "₹": "rupeesign", "₩": "wonsign"}
+_CURRENCY = re.compile("[" + "".join(_CURRENCY_SIGNS) + "]")
+# Unit symbols that are also frame words or contraction residues: after a number, "m", "s", "t",
+# "d" are units ("12 m" is not "12 s"). Kept as opaque unit words, not guessed (m is metres or
+# minutes). ("in" and a closing double quote after a number may be inches or a preposition and a
+# quoted number: not read.)
+_UNIT_LETTERS = {"m": "munit", "s": "sunit", "t": "tunit", "d": "dunit"}
+_UNIT_LETTER = re.compile(r"(\d)\s+([mstd])\b(?![.'])")
 
 
 # How numbers are written, read one way whatever the spelling (each measured on dev.jsonl, where a
@@ -298,6 +327,8 @@ def _numerals(text: str, math: bool) -> str:
     (`math`: the text has =, +, * or ^, or a term such as "3x" next to - or /), a number and a
     letter stay one term, and "k" after a number next to an operator ("2k + 1") is a variable,
     not "thousand"."""
+    text = _CURRENCY.sub(lambda m: f" {_CURRENCY_SIGNS[m[0]]} ", text)
+    text = _UNIT_LETTER.sub(lambda m: f"{m[1]} {_UNIT_LETTERS[m[2]]}", text)
     text = _CLOCK.sub(lambda m: f"{int(m[1]) + int(m[2]) / 60:g}", text)
     text = _MERIDIEM.sub(r"\1 \2.m ", text)
     text = _NEGATIVE.sub(" minus ", text)
@@ -314,6 +345,10 @@ def _numerals(text: str, math: bool) -> str:
     text = _MULTIPLYING.sub(_factor, text)
     return _HALF_QUARTER.sub(lambda m: "1/2" if m[1] == "half" else "1/4", text)
 
+
+# Auxiliaries and modals: a question that opens with one asks yes or no.
+_AUXILIARIES = frozenset("is are was were am do does did can could should would will shall may might must have has "
+                         "had isnt arent doesnt dont didnt cant wont".split())
 
 # Words that open a condition.
 _CONDITIONALS = frozenset({"if", "unless"})
@@ -338,16 +373,29 @@ def details(text: str) -> Details:
     previous = ""
     tokens = _tokens(normalized, math)
     conditional = any(tok in _CONDITIONALS for tok in tokens)
-    for tok in tokens:
+    yes_no = bool(tokens) and tokens[0].strip() in _AUXILIARIES
+    how_objects, asking, counted = {}, None, set()  # asking: the "how" item waiting for the content word it quantifies
+    inside, inside_segments = 0, {}  # the same, between occurrences of "in" (see `containment`)
+
+    def place(item: str) -> None:
+        segments.setdefault(item, set()).add(segment)
+        inside_segments.setdefault(item, set()).add(inside)
+
+    for k, tok in enumerate(tokens):
         tok = tok.strip()
         after_how, after_number = previous == "how", bool(_NUMBER.match(previous) or previous in _NUMBER_WORDS)
         after_determiner, previous = previous in _DETERMINERS, tok
+        if asking is not None and tokens[k - 1].strip() not in _HOW_MEASURES:
+            asking = None  # only the word right after the question quantifies it
         if after_how and tok in _HOW_MEASURES:
             item = "how-" + _HOW_SAME.get(tok, tok)
+            asking = item
             content.add(item)
-            segments.setdefault(item, set()).add(segment)
+            place(item)
             surface.setdefault(item, item)
             continue
+        if tok == "in":
+            inside += 1
         if tok in NEGATION_CUES:
             negations.add("not" if tok in _PLAIN_NEGATION else tok)
             continue
@@ -357,12 +405,13 @@ def details(text: str) -> Details:
             continue
         if tok in _MULTIPLIERS and after_number and numbers:
             segments.get(f"#{numbers[-1]:g}", set()).discard(segment)
+            inside_segments.get(f"#{numbers[-1]:g}", set()).discard(inside)
             numbers[-1] *= _MULTIPLIERS[tok]
-            segments.setdefault(f"#{numbers[-1]:g}", set()).add(segment)
+            place(f"#{numbers[-1]:g}")
             continue
         if _RATIO.match(tok):
             ratios.append("/".join(x.lstrip("0") or "0" for x in tok.split("/")))
-            segments.setdefault(f"#{ratios[-1]}", set()).add(segment)  # "3/4 bigger than 2/3" has an order
+            place(f"#{ratios[-1]}")  # "3/4 bigger than 2/3" has an order
             continue
         if tok in _FACTORS:  # a factor is a number too ("doubled" is not "halved")
             ratios.append(_FACTORS[tok])
@@ -376,7 +425,7 @@ def details(text: str) -> Details:
         if _NUMBER.match(tok) or tok in _NUMBER_WORDS:
             numbers.append(float(_NUMBER_WORDS[tok] if tok in _NUMBER_WORDS else tok))
             # numbers take part in the order check ("15% of 80" is not "80% of 15")
-            segments.setdefault(f"#{numbers[-1]:g}", set()).add(segment)
+            place(f"#{numbers[-1]:g}")
             continue
         if tok == "-" and not math:
             continue  # a dash between words, not a minus
@@ -388,8 +437,12 @@ def details(text: str) -> Details:
         if stem in FRAME_WORDS:
             continue
         item = _SYNONYMS.get(stem, stem)
+        if asking is not None and tokens[k - 1].strip() in _HOW_MEASURES:  # "how many calories"
+            how_objects.setdefault(asking, item)
+        if after_number:
+            counted.add(item)
         content.add(item)
-        segments.setdefault(item, set()).add(segment)
+        place(item)
         surface.setdefault(item, word)
         words.append(word)
         if after_determiner:
@@ -404,7 +457,9 @@ def details(text: str) -> Details:
                    (tuple(directions), tuple(sorted((k, tuple(sorted(v))) for k, v in segments.items()))),
                    tuple(sorted(surface.items())), frozenset(names), tuple(words),
                    tuple(sorted((n, k) for n, k in counts.items() if k > 1)), frozenset(nominal), conditional,
-                   tuple(sorted(ratios)))
+                   tuple(sorted(ratios)), tuple(sorted(how_objects.items())), frozenset(counted),
+                   (inside, tuple(sorted((k, tuple(sorted(v))) for k, v in inside_segments.items())),
+                    not tokens or tokens[0].strip() != "in"), yes_no)
 
 
 def mismatch(query: str, candidate: str) -> Optional[str]:
@@ -442,16 +497,19 @@ def _repeats_differ(q: Details, c: Details) -> bool:
 def order_swapped(q: Details, c: Details) -> bool:
     """True when the texts have the same directional words and two shared content words swapped
     sides of them (see `_inverted`)."""
-    return bool(q.segments[0] == c.segments[0] and q.segments[0] and _inverted(q, c))
+    if q.segments[0] == c.segments[0] and q.segments[0] and _inverted(q, c, q.segments[1], c.segments[1]):
+        return True
+    return bool(q.containment[0] == c.containment[0] and q.containment[0] and q.containment[2] and c.containment[2]
+                and _inverted(q, c, q.containment[1], c.containment[1]))
 
 
-def _inverted(q: Details, c: Details) -> bool:
+def _inverted(q: Details, c: Details, q_segments: tuple, c_segments: tuple) -> bool:
     """True when two content words both texts share sit on opposite sides of the same directional
     words, in the opposite order: the arguments of "to", "from", "than", "for" were swapped
     ("Celsius to Fahrenheit", "substitute A for B"). Only texts with the same sequence of
     directional words are compared: fronting a phrase ("For loops, is A faster than B?") reorders
     the sequence without swapping any argument."""
-    qs, cs = dict(q.segments[1]), dict(c.segments[1])
+    qs, cs = dict(q_segments), dict(c_segments)
     shared = (q.content & c.content | {k for k in qs if k.startswith("#")}) & set(qs) & set(cs)
     qs = {k: v for k, v in qs.items() if k in shared and v}
     cs = {k: v for k, v in cs.items() if k in shared and v}
