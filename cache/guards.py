@@ -241,6 +241,9 @@ class Details:
     containment: tuple = (0, (), True)
     # the text opens with an auxiliary ("Is ...", "Does ...", "Can ..."): a yes/no question
     yes_no: bool = False
+    # content items right after "and": a verb there is a second predicate ("... and paint over
+    # it?"), a second request, not a rewording of the first
+    coordinated: frozenset = field(default_factory=frozenset)
 
 
 def _tokens(text: str, math: bool) -> list[str]:
@@ -374,7 +377,7 @@ def details(text: str) -> Details:
     tokens = _tokens(normalized, math)
     conditional = any(tok in _CONDITIONALS for tok in tokens)
     yes_no = bool(tokens) and tokens[0].strip() in _AUXILIARIES
-    how_objects, asking, counted = {}, None, set()  # asking: the "how" item waiting for the content word it quantifies
+    how_objects, asking, counted, coordinated = {}, None, set(), set()  # asking: the "how" item waiting for the content word it quantifies
     inside, inside_segments = 0, {}  # the same, between occurrences of "in" (see `containment`)
 
     def place(item: str) -> None:
@@ -441,6 +444,8 @@ def details(text: str) -> Details:
             how_objects.setdefault(asking, item)
         if after_number:
             counted.add(item)
+        if tokens[k - 1].strip() == "and" if k else False:
+            coordinated.add(item)
         content.add(item)
         place(item)
         surface.setdefault(item, word)
@@ -459,7 +464,7 @@ def details(text: str) -> Details:
                    tuple(sorted((n, k) for n, k in counts.items() if k > 1)), frozenset(nominal), conditional,
                    tuple(sorted(ratios)), tuple(sorted(how_objects.items())), frozenset(counted),
                    (inside, tuple(sorted((k, tuple(sorted(v))) for k, v in inside_segments.items())),
-                    not tokens or tokens[0].strip() != "in"), yes_no)
+                    not tokens or tokens[0].strip() != "in"), yes_no, frozenset(coordinated))
 
 
 def mismatch(query: str, candidate: str) -> Optional[str]:

@@ -415,7 +415,8 @@ def content_change(q, c) -> Optional[str]:
       adjective or rare word narrows the request ("vegan", "in Spanish", "for babies", "as a table");
       unless that text states a condition ("if", "unless") the other does not: then the added words
       are the condition ("Can I use regular caulk around a bathtub if I paint over it?", the one
-      look-alike dev.jsonl's checks served, and served in bench.cache_workload's live traffic).
+      look-alike dev.jsonl's checks served, and served in bench.cache_workload's live traffic); nor
+      a verb joined with "and", a second request ("... around a bathtub and paint over it?").
     """
     only_q = sorted(q.content - c.content)
     only_c = sorted(c.content - q.content)
@@ -452,6 +453,8 @@ def content_change(q, c) -> Optional[str]:
         info = word_info(word)
         if item in names or item in q.nominal or item in c.nominal or info is None or not info.light:
             return "content"
+        if item in q.coordinated or item in c.coordinated:
+            return "content"  # a verb joined with "and" is a second request ("... and paint over it?")
     if left_q and left_c:
         return "content"
     return None

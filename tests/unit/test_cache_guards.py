@@ -246,10 +246,13 @@ def test_numbers_written_alike_that_differ_are_told_apart(query, candidate):
 
 
 @wordnet
-def test_words_added_with_a_condition_are_the_condition():
+def test_words_added_with_a_condition_or_with_and_are_a_second_request():
     # The look-alike the checks served on dev.jsonl and in bench.cache_workload's live traffic:
     # "paint" is a common verb, and common verbs may be added by a rewording, but not as a condition.
     assert mismatch("Can I use regular caulk around a bathtub if I paint over it?",
+                    "Can I use regular caulk around a bathtub?") == "content"
+    # Nor as a second request joined with "and" (the gap left open by the rule above).
+    assert mismatch("Can I use regular caulk around a bathtub and paint over it?",
                     "Can I use regular caulk around a bathtub?") == "content"
     # Both state the condition: the common words a rewording adds are still allowed.
     assert mismatch("What steps should I take if my dog has eaten grapes?",
