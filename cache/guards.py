@@ -14,7 +14,8 @@ details. So a neighbour is accepted only when the details of both texts match:
   and in order, never by value; `double`, `doubled`, `twice` are a factor (`twofold`), not the
   number 2; decimals are compared as written too ("Python 3.10" is not "3.1"); in a formula the
   numbers and operators are compared in the order written ("2^10" is not "10^2"); ordinals
-  ("first") are words, not the number one; currency signs are content ("£100" is not "€100");
+  ("first") are words, not the number one; currency signs are content ("£100" is not "€100"); a
+  day goes with its month ("March 12 ... April 5" is not "April 12 ... March 5");
 - negation cues (not, no, without, -free, prevent, avoid, stop X from, except, only, worst, ...)
   are equal as sets;
 - content words (stemmed, case-insensitive, outside a list of conversational frame words) of each
@@ -349,6 +350,25 @@ def _numerals(text: str, math: bool) -> str:
     return _HALF_QUARTER.sub(lambda m: "1/2" if m[1] == "half" else "1/4", text)
 
 
+# A day of the month goes with its month: "March 12 ... April 5" is not "April 12 ... March 5", though
+# the numbers and the month names are the same; "March 5" is "5 March" and "Mar. 5th". Each pairing
+# is compared as written (`Details.ratios`). ("may" only capitalised or before a day number.)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+# Full names, or abbreviations with their period ("apr 60" is an APR, "july 1 week" a duration).
+_MONTH = (r"(january|february|march|april|may|june|july|august|september|october|november|december"
+          r"|(?:jan|feb|mar|apr|jun|jul|aug|sept?|oct|nov|dec)\.)")
+_DAY = r"(3[01]|[12]\d|0?[1-9])(?:st|nd|rd|th)?(?!\s*(?:second|sec|minute|min|hour|hr|day|night|week|month|year|yr)s?\b)"
+_DATES = re.compile(rf"\b{_MONTH}\s+{_DAY}\b(?!\.\d)|\b{_DAY}\s+(?:of\s+)?{_MONTH}(?![a-z])")
+
+
+def _dates(normalized: str) -> list[str]:
+    out = []
+    for m in _DATES.finditer(normalized):
+        month, day = (m[1], m[2]) if m[1] else (m[4], m[3])
+        out.append(f"date {_MONTHS.index(month[:3]) + 1}-{int(day)}")
+    return out
+
+
 # Auxiliaries and modals: a question that opens with one asks yes or no.
 _AUXILIARIES = frozenset("is are was were am do does did can could should would will shall may might must have has "
                          "had isnt arent doesnt dont didnt cant wont".split())
@@ -372,6 +392,7 @@ def details(text: str) -> Details:
     if sum(sign[0].isdigit() for sign in signs) >= 2:  # with one number, order cannot differ
         ratios.append("formula " + "".join(signs))
     capitalised = {normalize(m) for m in _CAPITALISED.findall(text.strip())}
+    ratios.extend(_dates(normalized))
     names, words, nominal, counts = set(), [], set(), {}
     previous = ""
     tokens = _tokens(normalized, math)

@@ -327,3 +327,16 @@ def test_amount_rate_and_unit_look_alikes_are_rejected(query, candidate):
     assert mismatch(query, candidate) is not None
     assert mismatch(candidate, query) is not None
 
+
+@pytest.mark.parametrize("query,candidate,same", [
+    ("Book a flight on March 12, returning April 5", "Book a flight on April 12, returning March 5", False),
+    ("Is the museum open on July 4 or December 25?", "Is the museum open on July 25 or December 4?", False),
+    ("What happened on March 4?", "What happened on 4 March?", True),
+    ("What happened on Mar. 4th?", "What happened on the 4th of Mar.?", True),
+    # not dates: an APR, a duration, a year
+    ("20k car loan 6% apr 60 months", "20k car loan at 6% APR for 60 months", True),
+    ("what to pack thailand july 1 week", "What should I pack for 1 week in Thailand in July?", True),
+])
+def test_a_day_goes_with_its_month(query, candidate, same):
+    assert (mismatch(query, candidate) is None) == same
+    assert (mismatch(candidate, query) is None) == same
