@@ -77,6 +77,12 @@ _PLAIN_NEGATION = frozenset(
 # Verbs of prevention assert a negated outcome: "prevent X", "avoid X" and "stop / keep Y from
 # X-ing" ask how to make X not happen, as "make Y not X" does; they count as plain negation.
 _PREVENT_FROM = re.compile(r"\b(?:stop|keep|prevent)\s+((?:[\w']+\s+){0,4}?)from\s+(\w+ing)\b")
+# "do that / it / this / so" after a subject, a modal or "to" stands for a verb phrase said before
+# ("how would I do that in TypeScript?"): a pro-form, whose place a specific verb takes in a
+# look-alike ("how would I test that in TypeScript?"). It is content (one item, "doso"), not the
+# frame word "do" (the auxiliary of "does it crash?", "how does that work?").
+_PRO_VERB = re.compile(r"\b(i|you|we|they|to|would|can|could|should|will|might|must)\s+"
+                       r"(?:do|doing|done)\s+(?:that|it|this|so)\b")
 # The suffix "-free" negates its stem: "chemical-free" is "without chemicals".
 _FREE = re.compile(r"\b([a-z]+)-free\b")
 # "10k" is ten thousand.
@@ -253,6 +259,7 @@ def _tokens(text: str, math: bool) -> list[str]:
     text = re.sub(r"n't\b", " not", text)
     text = _ADDITIVE.sub(" ", text)
     text = _PREVENT_FROM.sub(r"not \1\2", text)
+    text = _PRO_VERB.sub(r"\1 doso", text)
     text = _FREE.sub(r"without \1", text)
     text = _numerals(text, math)
     return _WORD.findall(text)

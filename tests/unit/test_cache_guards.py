@@ -340,3 +340,14 @@ def test_amount_rate_and_unit_look_alikes_are_rejected(query, candidate):
 def test_a_day_goes_with_its_month(query, candidate, same):
     assert (mismatch(query, candidate) is None) == same
     assert (mismatch(candidate, query) is None) == same
+
+
+@wordnet
+def test_do_that_stands_for_a_verb_phrase():
+    # "do that" is a pro-form; a specific verb in its place asks something else (dev.jsonl's one
+    # look-alike served with the anchor stored, in the same conversation)
+    assert mismatch("And how would I test that in TypeScript instead?",
+                    "And how would I do that in TypeScript instead?") == "content"
+    # the auxiliary "does" / "do" stays a frame word
+    assert "doso" not in details("Why does it crash?").content
+    assert "doso" not in details("How does that work?").content
