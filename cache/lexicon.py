@@ -273,7 +273,8 @@ class WordInfo:
     """What WordNet says about one word: its senses, the senses they are linked to, their
     antonyms and parents (all dense sense ids of `Relations`), and whether the word is generic."""
 
-    __slots__ = ("known", "senses", "main", "main_entries", "linked", "similar", "antonyms", "parents", "light")
+    __slots__ = ("known", "senses", "main", "main_entries", "linked", "similar", "antonyms", "parents", "light",
+                 "verbal")
 
     def __init__(self, lex: "Lexicon", word: str):
         rel = lex.relations
@@ -309,6 +310,8 @@ class WordInfo:
         # first a verb, though WordNet lists the pirate Teach first); ties go to WordNet's order.
         order = list(senses)
         dominant = max(range(len(order)), key=lambda k: (senses[order[k]], -k)) if order else None
+        # the dominant sense is a verb's ("paint"), not an adverb's ("easily")
+        self.verbal = dominant is not None and LEXNAMES[rel.lexname[order[dominant]]].startswith("verb.")
         self.light = (dominant is not None and total >= LIGHT_MIN_COUNT and word not in DEGREE_WORDS
                       and word not in TIME_ADVERBS and word not in RATE_WORDS
                       and LEXNAMES[rel.lexname[order[dominant]]].startswith(("verb.", "adv.")))
@@ -364,41 +367,6 @@ def _spelled_as(word: str, other_words: tuple) -> set:
     return out
 
 
-# Nouns that name an amount: added to a text that names what "how much / how many" counts, they ask
-# for that count ("the calorie count of X", "the daily vitamin D dose"). "number" is left out: "page
-# numbers" are labels, not a count; "count" only as a noun, after a determiner.
-AMOUNT_NOUNS = ("amount", "quantity", "intake", "dose", "dosage")
-AMOUNT_NOUNS_NOMINAL = ("count", "total")
-
-
-def _restated_questions(mine, other, w_mine: dict, w_other: dict, kept_mine: set, kept_other: set) -> None:
-    """Mark as kept a "how much / how many X" of `mine` that `other` asks with an amount noun, and
-    that noun: "how much vitamin D should adults take daily" / "the daily vitamin D dose for
-    adults". `other` must name X without a number before it ("5 kilometers" is a quantity given,
-    not asked: "how many kilometers is 5 miles" is not "convert 5 kilometers to miles") and ask a
-    wh-question or none at all: a yes/no question about an amount is not a request for it ("Is
-    caffeine intake safe?" is not "How much caffeine is safe?")."""
-    from cache.guards import _stem  # guards imports this module
-
-    asked = dict(mine.how_objects).get("how-much")
-    if "how-much" not in w_mine or asked is None or asked not in other.content or asked in other.counted:
-        return
-    if other.yes_no:
-        return
-    amounts = {y for y in w_other if y in {_stem(a) for a in AMOUNT_NOUNS}
-               or (y in {_stem(a) for a in AMOUNT_NOUNS_NOMINAL} and y in other.nominal)}
-    # the amount noun must be X's: "X intake", "vitamin D dose" (after the words "how much" took),
-    # "amount of X" -- not another noun's ("the calorie amount of a low sugar drink" is not "how much
-    # sugar is in a low calorie drink")
-    mine_words, other_words = [_stem(w) for w in mine.words], [_stem(w) for w in other.words]
-    phrase = set(mine_words[mine_words.index(asked):][:2]) if asked in mine_words else {asked}
-    amounts = {y for y in amounts for i, w in enumerate(other_words) if w == y
-               and ((i > 0 and other_words[i - 1] in phrase) or other_words[i + 1:i + 2] == [asked])}
-    if amounts:
-        kept_mine.add("how-much")
-        kept_other.update(amounts)
-
-
 def content_change(q, c) -> Optional[str]:
     """Why the content words of two texts (cache.guards.Details) ask different things, or None.
 
@@ -437,8 +405,6 @@ def content_change(q, c) -> Optional[str]:
             if spelled:
                 kept_mine.add(x)
                 kept_theirs.update(y for y, b in theirs.items() if b in spelled)
-    _restated_questions(q, c, wq, wc, kept_q, kept_c)
-    _restated_questions(c, q, wc, wq, kept_c, kept_q)
     left_q = [x for x in wq if x not in kept_q]
     left_c = [y for y in wc if y not in kept_c]
     if left_q and left_c and any(siblings(wq[x], wc[y]) for x in left_q for y in left_c):
@@ -453,7 +419,7 @@ def content_change(q, c) -> Optional[str]:
         info = word_info(word)
         if item in names or item in q.nominal or item in c.nominal or info is None or not info.light:
             return "content"
-        if item in q.coordinated or item in c.coordinated:
+        if (item in q.coordinated or item in c.coordinated) and info.verbal:
             return "content"  # a verb joined with "and" is a second request ("... and paint over it?")
     if left_q and left_c:
         return "content"
