@@ -142,10 +142,16 @@ def engine_counters(model: str, replicas: int) -> dict[str, dict]:
     """Each replica's engine counters, read through a DeploymentHandle (called until every replica
     answered) in a short-lived process: a handle's router outlives `ray.shutdown()` in its process
     and would keep probing the stopped contender's replicas during the next run."""
-    out = subprocess.run([sys.executable, "-c", "import json, sys; from bench.routing import _engine_counters_here; "
-                          "print(json.dumps(_engine_counters_here(sys.argv[1], int(sys.argv[2]))))",
-                          model, str(replicas)], capture_output=True, text=True, check=True, cwd=str(REPO))
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    errors = []
+    for _ in range(3):  # on a loaded host the handle's first call can time out (a 3rd round once lost so)
+        out = subprocess.run([sys.executable, "-c", "import json, sys; from bench.routing import _engine_counters_here; "
+                              "print(json.dumps(_engine_counters_here(sys.argv[1], int(sys.argv[2]))))",
+                              model, str(replicas)], capture_output=True, text=True, cwd=str(REPO))
+        if out.returncode == 0:
+            return json.loads(out.stdout.strip().splitlines()[-1])
+        errors.append(out.stderr.strip().splitlines()[-1:] or [f"exit {out.returncode}"])
+        time.sleep(5)
+    raise RuntimeError(f"engine counters unreadable after 3 tries: {errors}")
 
 
 def hit_rate(before: dict[str, dict], after: dict[str, dict]) -> float:
@@ -233,6 +239,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
             run = asyncio.run(drive(srv.base_url, model, users, args.turns, args.concurrency, args.max_tokens))
             run["prefix_cache_hit_rate"] = hit_rate(before, engine_counters(model, args.replicas))
             rounds[label].append(run)
+            # every finished round on disk: a later round's failure must not lose the earlier ones
+            write_result(args.out, {**results, "partial": True, "rounds_so_far": dict(rounds)}, "bench.routing", argv)
         finally:
             srv.stop()
         print(f"  hit rate {run['prefix_cache_hit_rate']:.1%}, TTFT p50 {run['p50_ttft_ms']:.0f} ms, "
