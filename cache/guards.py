@@ -352,7 +352,7 @@ def _numerals(text: str, math: bool) -> str:
 
 # A day of the month goes with its month: "March 12 ... April 5" is not "April 12 ... March 5", though
 # the numbers and the month names are the same; "March 5" is "5 March" and "Mar. 5th". Each pairing
-# is compared as written (`Details.ratios`). ("may" only capitalised or before a day number.)
+# is compared as written (`Details.ratios`).
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 # Full names, or abbreviations with their period ("apr 60" is an APR, "july 1 week" a duration).
 _MONTH = (r"(january|february|march|april|may|june|july|august|september|october|november|december"
@@ -405,10 +405,10 @@ def details(text: str) -> Details:
         segments.setdefault(item, set()).add(segment)
         inside_segments.setdefault(item, set()).add(inside)
 
-    for k, tok in enumerate(tokens):
+    for tok in tokens:
         tok = tok.strip()
         after_how, after_number = previous == "how", bool(_NUMBER.match(previous) or previous in _NUMBER_WORDS)
-        after_determiner, previous = previous in _DETERMINERS, tok
+        after_determiner, after_and, previous = previous in _DETERMINERS, previous == "and", tok
         if after_how and tok in _HOW_MEASURES:
             item = "how-" + _HOW_SAME.get(tok, tok)
             content.add(item)
@@ -458,7 +458,7 @@ def details(text: str) -> Details:
         if stem in FRAME_WORDS:
             continue
         item = _SYNONYMS.get(stem, stem)
-        if tokens[k - 1].strip() == "and" if k else False:
+        if after_and:
             coordinated.add(item)
         content.add(item)
         place(item)
@@ -473,12 +473,17 @@ def details(text: str) -> Details:
     # compared (any other count is).
     numbers = [n for n in numbers if n != 1]
     return Details(tuple(sorted(numbers)), frozenset(negations), frozenset(content),
-                   (tuple(directions), tuple(sorted((k, tuple(sorted(v))) for k, v in segments.items()))),
+                   (tuple(directions), _frozen(segments)),
                    tuple(sorted(surface.items())), frozenset(names), tuple(words),
                    tuple(sorted((n, k) for n, k in counts.items() if k > 1)), frozenset(nominal), conditional,
                    tuple(sorted(ratios)),
-                   (inside, tuple(sorted((k, tuple(sorted(v))) for k, v in inside_segments.items())),
+                   (inside, _frozen(inside_segments),
                     not tokens or tokens[0].strip() != "in"), frozenset(coordinated))
+
+
+def _frozen(segments: dict) -> tuple:
+    """item -> set of segments, as a sorted tuple of (item, sorted segments): hashable, comparable."""
+    return tuple(sorted((k, tuple(sorted(v))) for k, v in segments.items()))
 
 
 def mismatch(query: str, candidate: str) -> Optional[str]:

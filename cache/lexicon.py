@@ -310,11 +310,10 @@ class WordInfo:
         # first a verb, though WordNet lists the pirate Teach first); ties go to WordNet's order.
         order = list(senses)
         dominant = max(range(len(order)), key=lambda k: (senses[order[k]], -k)) if order else None
-        # the dominant sense is a verb's ("paint"), not an adverb's ("easily")
-        self.verbal = dominant is not None and LEXNAMES[rel.lexname[order[dominant]]].startswith("verb.")
-        self.light = (dominant is not None and total >= LIGHT_MIN_COUNT and word not in DEGREE_WORDS
-                      and word not in TIME_ADVERBS and word not in RATE_WORDS
-                      and LEXNAMES[rel.lexname[order[dominant]]].startswith(("verb.", "adv.")))
+        kind = LEXNAMES[rel.lexname[order[dominant]]] if dominant is not None else ""
+        self.verbal = kind.startswith("verb.")  # the dominant sense is a verb's ("paint"), not an adverb's ("easily")
+        self.light = (total >= LIGHT_MIN_COUNT and word not in DEGREE_WORDS and word not in TIME_ADVERBS
+                      and word not in RATE_WORDS and kind.startswith(("verb.", "adv.")))
 
 
 class _Unknown:
