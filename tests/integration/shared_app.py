@@ -70,7 +70,10 @@ def routed_model_config(first: dict) -> dict:
     cfg["warmup_system_prompts"] = [WARM_SYSTEM_PROMPT]
     cfg["engine_args"]["max_model_len"] = 4096  # long generations hold admission slots in tests
     cfg["stall_timeout_s"] = 5  # test_engine_stall.py freezes an engine core
-    cfg["admission"] = {"max_inflight_per_replica": 1, "max_queued": 4, "max_queue_wait_s": 60,
+    # A request may wait 150 s for its slot: with one replica killed (test_fault_tolerance.py) the other
+    # holds the load's 2,000-token stream and three 400-token answers in its one slot while Serve
+    # starts the replacement on the same 2 cores; CI once saw 60 s run out there (503).
+    cfg["admission"] = {"max_inflight_per_replica": 1, "max_queued": 4, "max_queue_wait_s": 150,
                         "queue_share": {"high": 1.0, "normal": 0.75, "low": 0.5}}
     deployment = cfg.setdefault("deployment", {})
     deployment.pop("autoscaling_config", None)
@@ -121,9 +124,11 @@ ENV_ADMIN_KEY = "sk-test-env-admin"  # a plain admin key from RAYGATE_ADMIN_KEYS
 LIMITED_RPM = 40
 FRUGAL_TPM = 100  # `frugal`'s tokens per minute: a few generations, any number of cache hits
 # The secure model: a token bucket per ingress replica high enough for the other tests' pace (the
-# fuzzer sends one request at a time), and SSE chunks of at most 3 tokens at most every second, so
-# that the cap, not the interval, cuts every chunk.
-SECURE_RATE_LIMIT_RPS = 20
+# fuzzer sends one request at a time; a 429 is in the API's documented answers) and low enough that
+# a burst of 100 exceeds it even when a loaded host delivers them to the 2 ingress replicas over
+# seconds: at 20/s CI once saw all 100 accepted in 3.2 s (2 x 20 x (1 + 1.5 s) >= 100). And SSE chunks
+# of at most 3 tokens at most every second, so that the cap, not the interval, cuts every chunk.
+SECURE_RATE_LIMIT_RPS = 8
 SECURE_STREAMING = {"interval_ms": 1000, "max_tokens_per_chunk": 3}
 
 

@@ -20,13 +20,20 @@ def body(model: str, i: int, stream: bool, plain_max_tokens: int = 48) -> dict:
 
 
 @dataclass
+class StreamProgress:
+    """What a stream in flight has delivered so far: characters of generated text (SSE chunks group a
+    varying number of tokens), updated as its events arrive."""
+    chars: int = 0
+
+
+@dataclass
 class LoadResult:
     plain: list[tuple[int, int, str]] = field(default_factory=list)  # status, retries, body head
     streams: list[tuple[int, list[str], int]] = field(default_factory=list)  # status, data lines, retries
     # The stream in flight now: (its replica from x-raygate-replica, when its headers arrived as
-    # time.monotonic()), set and cleared as one value so that a reader never pairs one stream's
-    # replica with another's start; None between streams.
-    stream_in_flight: tuple[str | None, float] | None = None
+    # time.monotonic(), its progress), set and cleared as one value so that a reader never pairs one
+    # stream's replica with another's start or progress; None between streams.
+    stream_in_flight: tuple[str | None, float, StreamProgress] | None = None
 
     def check(self) -> tuple[int, int]:
         """Assert nothing was lost; returns (non-streaming requests sent again, streams ended by an
@@ -49,6 +56,14 @@ class LoadResult:
         return sum(1 for _, _, n in self.streams if n)
 
 
+def _delta_chars(event: str) -> int:
+    try:
+        choices = json.loads(event).get("choices") or [{}]
+    except ValueError:  # [DONE]
+        return 0
+    return len((choices[0].get("delta") or {}).get("content") or "")
+
+
 async def _plain(http, url, model, until, out: LoadResult, worker: int, max_tokens: int):
     i = 0
     while time.monotonic() < until:
@@ -61,8 +76,12 @@ async def _streams(http, url, model, until, out: LoadResult):
     i = 0
     while time.monotonic() < until:
         async with http.stream("POST", url, json=body(model, 10_000_000 + i, True), headers=HIGH) as r:
-            out.stream_in_flight = (r.headers.get("x-raygate-replica"), time.monotonic())
-            events = [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
+            progress, events = StreamProgress(), []
+            out.stream_in_flight = (r.headers.get("x-raygate-replica"), time.monotonic(), progress)
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    progress.chars += _delta_chars(line[6:])
             out.stream_in_flight = None
         out.streams.append((r.status_code, events, int(r.headers.get("x-raygate-retries", 0))))
         i += 1
@@ -73,7 +92,9 @@ async def under_load(base_url: str, model: str, seconds: float, break_at_s: floa
     """Run the load for `seconds`; call `breaker(result_so_far)` (in a thread) `break_at_s` into it."""
     out = LoadResult()
     url = base_url + "/v1/chat/completions"
-    async with httpx.AsyncClient(timeout=120) as http:
+    # Reads wait up to 300 s: a request may queue up to the routed model's max_queue_wait_s (150 s in
+    # tests/integration/shared_app.py) and then generate.
+    async with httpx.AsyncClient(timeout=300) as http:
         until = time.monotonic() + seconds
         tasks = [asyncio.create_task(_plain(http, url, model, until, out, w, plain_max_tokens))
                  for w in range(plain_workers)]

@@ -356,7 +356,7 @@ def test_a_full_queue_refuses_lower_priorities_on_arrival(base_url, routed_model
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
     assert "x-raygate-refused-by" not in refused.headers  # the ingress's gate, not the front door
     # Decided on arrival (microseconds: tests/unit/test_admission.py), not after a wait: the waiters
-    # beside it wait up to max_queue_wait_s (60 s) and the held generations run for tens of seconds,
+    # beside it wait up to max_queue_wait_s (150 s) and the held generations run for tens of seconds,
     # and neither had ended when it came back (checked in fill_the_queue). The bound is the HTTP
     # round trip through an ingress that shares 2 cores with 4 busy engine processes.
     assert elapsed < 3.0

@@ -17,6 +17,11 @@ from tests.integration.steady_load import body, under_load
 
 pytestmark = pytest.mark.integration
 
+# A stream that has delivered fewer characters than this is still generating: aimed at. The demo model's
+# tokens are words and word pieces of a 30k WordPiece vocabulary (2,000 drawn at random decode to
+# ~13,800 characters), so this is the first 15-25% of a 2,000-token stream.
+YOUNG_STREAM_CHARS = 2000
+
 
 def _replicas(base_url, model) -> list[str]:
     listing = httpx.get(base_url + "/admin/models", timeout=60).json()["models"][model]
@@ -61,19 +66,21 @@ def _kill_replica_under_load(base_url, model, handle, serving_the_stream: bool):
             return None
 
     def kill(load):
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 45
         while True:
             assert time.monotonic() < deadline, "no request in flight to aim at"
-            in_flight = load.stream_in_flight  # one read: this stream's replica and start together
-            streaming_on = in_flight[0] if in_flight else None
+            in_flight = load.stream_in_flight  # one read: this stream's replica and progress together
+            streaming_on, progress = (in_flight[0], in_flight[2]) if in_flight else (None, None)
             if streaming_on in before and serving_the_stream:
-                # A young stream: its 2,000 tokens are still being generated, not only still being
-                # read by the client (a finished generation can sit in socket buffers and end normally).
-                # (Its engine busy shows the replica is up; the age is read again after that call,
-                # which can take seconds, and the stream must still be the one in flight.)
-                if time.monotonic() - in_flight[1] < 3.0 and engine_busy(streaming_on) \
-                        and time.monotonic() - in_flight[1] < 3.0 and load.stream_in_flight is in_flight:
+                # A young stream: most of its 2,000 tokens are still to be generated,
+                # not only still to be read by the client (a finished generation can sit in socket
+                # buffers and end normally). Young by what it delivered, read again after the engine
+                # call (which can take seconds on a loaded host), not by its age: CI once saw one
+                # stream in 30 s and lost it to a 3 s age limit.
+                if progress.chars < YOUNG_STREAM_CHARS and engine_busy(streaming_on) \
+                        and progress.chars < YOUNG_STREAM_CHARS and load.stream_in_flight is in_flight:
                     target = streaming_on
+                    print(f"killing the replica of a stream {progress.chars} characters in")
                     break
             elif streaming_on in before:
                 # The other replica once its engine runs a request while the stream is still on the
@@ -90,7 +97,7 @@ def _kill_replica_under_load(base_url, model, handle, serving_the_stream: bool):
 
     # Non-streaming answers of 400 tokens take seconds, so the one seen running is still running
     # when the kill lands (48-token ones could finish between the check and the kill).
-    # The stream case aims at the load's first stream while it is young (its headers came within 3 s):
+    # The stream case aims at the load's first stream while it is young (under 2,000 characters delivered):
     # on a loaded host one 2,000-token stream can outlast the whole load (CI: 30 s with none to aim at
     # when the breaker began 8 s in).
     load = asyncio.run(under_load(base_url, model, seconds=30, break_at_s=1 if serving_the_stream else 8,
