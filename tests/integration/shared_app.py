@@ -126,7 +126,8 @@ FRUGAL_TPM = 100  # `frugal`'s tokens per minute: a few generations, any number 
 # The secure model: a token bucket per ingress replica high enough for the other tests' pace (the
 # fuzzer sends one request at a time; a 429 is in the API's documented answers) and low enough that
 # a burst of 100 exceeds it even when a loaded host delivers them to the 2 ingress replicas over
-# seconds: at 20/s CI once saw all 100 accepted in 3.2 s (2 x 20 x (1 + 1.5 s) >= 100). And SSE chunks
+# seconds: at 20/s CI once saw all 100 accepted in 3.2 s (2 buckets of 20 take all 100 when they
+# arrive over 1.5 s or more; at 8/s, over 5.25 s or more). And SSE chunks
 # of at most 3 tokens at most every second, so that the cap, not the interval, cuts every chunk.
 SECURE_RATE_LIMIT_RPS = 8
 SECURE_STREAMING = {"interval_ms": 1000, "max_tokens_per_chunk": 3}

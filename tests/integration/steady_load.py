@@ -30,10 +30,10 @@ class StreamProgress:
 class LoadResult:
     plain: list[tuple[int, int, str]] = field(default_factory=list)  # status, retries, body head
     streams: list[tuple[int, list[str], int]] = field(default_factory=list)  # status, data lines, retries
-    # The stream in flight now: (its replica from x-raygate-replica, when its headers arrived as
-    # time.monotonic(), its progress), set and cleared as one value so that a reader never pairs one
-    # stream's replica with another's start or progress; None between streams.
-    stream_in_flight: tuple[str | None, float, StreamProgress] | None = None
+    # The stream in flight now: (its replica from x-raygate-replica, its progress), set and cleared as
+    # one value so that a reader never pairs one stream's replica with another's progress; None
+    # between streams.
+    stream_in_flight: tuple[str | None, StreamProgress] | None = None
 
     def check(self) -> tuple[int, int]:
         """Assert nothing was lost; returns (non-streaming requests sent again, streams ended by an
@@ -77,7 +77,7 @@ async def _streams(http, url, model, until, out: LoadResult):
     while time.monotonic() < until:
         async with http.stream("POST", url, json=body(model, 10_000_000 + i, True), headers=HIGH) as r:
             progress, events = StreamProgress(), []
-            out.stream_in_flight = (r.headers.get("x-raygate-replica"), time.monotonic(), progress)
+            out.stream_in_flight = (r.headers.get("x-raygate-replica"), progress)
             async for line in r.aiter_lines():
                 if line.startswith("data: "):
                     events.append(line[6:])

@@ -70,7 +70,7 @@ def _kill_replica_under_load(base_url, model, handle, serving_the_stream: bool):
         while True:
             assert time.monotonic() < deadline, "no request in flight to aim at"
             in_flight = load.stream_in_flight  # one read: this stream's replica and progress together
-            streaming_on, progress = (in_flight[0], in_flight[2]) if in_flight else (None, None)
+            streaming_on, progress = in_flight or (None, None)
             if streaming_on in before and serving_the_stream:
                 # A young stream: most of its 2,000 tokens are still to be generated,
                 # not only still to be read by the client (a finished generation can sit in socket
