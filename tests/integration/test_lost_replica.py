@@ -1,14 +1,17 @@
-"""The only replica of a model is lost: new requests are refused at once (503 + Retry-After) within
-their deadline until the replacement is ready, then served (deployments/model_call.py).
+"""The only replica of a model is lost: /health says 503 naming the model, new requests are refused at
+once (503 + Retry-After) within their deadline until the replacement is ready, then served
+(deployments/model_call.py, deployments/ingress.py).
 
 Before: with the only LLM replica SIGKILLed, new requests waited ~31 s in Serve's router and were
 then served. Runs on the test app's stand-in model (one replica while idle, and a replacement that
-starts in seconds), so the rest of the suite keeps its real-engine replicas.
+starts in seconds), so the rest of the suite keeps its real-engine replicas. That a killed replica's
+engine processes die with it is shown on real engines in tests/integration/test_fault_tolerance.py.
 """
 
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -33,6 +36,10 @@ def test_requests_to_a_model_whose_only_replica_died_are_refused_at_once_then_se
     info = handle.process_info.remote(replica=replicas[0]).result()
     os.kill(info["pid"], signal.SIGKILL)
     killed_at = time.monotonic()
+    # /health asked at once, beside the first request (asked first it could use up the seconds the
+    # replacement takes, leaving no refusal to see).
+    pool = ThreadPoolExecutor(1)
+    health = pool.submit(httpx.get, base_url + "/health", timeout=30)
 
     body = {"model": AUTOSCALED_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "are you back?"}]}
     refused, served_after = [], None
@@ -51,5 +58,10 @@ def test_requests_to_a_model_whose_only_replica_died_are_refused_at_once_then_se
         assert r.headers.get("retry-after"), r.headers
         refused.append((round(took, 2), r.status_code, r.json()["error"]["message"][:80]))
         time.sleep(0.5)
-    print(f"{len(refused)} refused (first: {refused[:2]}), served {served_after:.1f} s after the kill")
+    health = health.result()
+    pool.shutdown()
+    print(f"{len(refused)} refused (first: {refused[:2]}), served {served_after:.1f} s after the kill; "
+          f"/health: {health.status_code} {health.text[:200]}")
+    assert health.status_code == 503, health.text
+    assert health.json()["models"][AUTOSCALED_MODEL].startswith("unavailable"), health.text
     assert refused, "the replica was replaced before any request noticed: the test proved nothing"

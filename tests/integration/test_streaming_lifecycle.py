@@ -60,7 +60,7 @@ def test_stream_disconnect_aborts_engine_request(base_url, model_name, llm_handl
                 if got >= 3:
                     break
             # Generating (1,800 tokens take seconds). Read until seen, for up to 5 s: one read came back
-            # 0 in a CI run right after the replica was replaced (test_replica_failure), and the
+            # 0 in a CI run right after the replica was replaced (a replica-failure test since removed), and the
             # headers and stats below say which replica answered if it happens again.
             seen, t0 = [], time.monotonic()
             deadline = t0 + 5
