@@ -7,9 +7,13 @@ tokens ("2²" and "22" are one string after NFKC, and two different questions to
 field that can change the answer -- model, every sampling parameter, tools, tool_choice, response
 format, stop strings, max_tokens, n, logit_bias, seed, and for chats every message before the last
 -- goes into the *scope* hash, together with the tenant; the exact key adds the last message (or a
-completion's prompt) verbatim. Only the last user message's text is left to match by meaning, and
-only inside one scope: a follow-up like "and in TypeScript?" can never meet another conversation's
-answer, and a system prompt or a temperature that differs is a different scope. Content parts that
+completion's prompt) verbatim. Only a chat's last user message's text is left to match by meaning,
+and only inside one scope: a follow-up like "and in TypeScript?" can never meet another conversation's
+answer, and a system prompt or a temperature that differs is a different scope. A completion's prompt is never
+matched by meaning: the model continues its literal text, so a change of case, tense, punctuation or
+a trailing space changes the answer ("The capital of France is" -> " Paris.", "The capital of France
+is:" -> "\n\nParis", "the capital of france is" -> " 2100000" on the default model, each served the
+first one's answer at similarity 0.93-1.00 before; a new user's report). Content parts that
 are not text (images, audio) enter the keys as their JSON, so by content digest, and a message that
 holds one is never matched by meaning.
 
@@ -107,7 +111,7 @@ def plan(kind: RequestKind, request: Any, options: RequestCacheOptions, config: 
         context = messages[:-1]
     else:
         last = answer_fields.pop("prompt")
-        query = last if isinstance(last, str) else None
+        query = None  # exact hits only: the model continues the literal text (module docstring)
         context = []
     if answer_fields.get("tools") and getattr(request, "tool_choice", None) != "none":
         answer_fields["stream"] = bool(getattr(request, "stream", False))  # see the module docstring

@@ -8,6 +8,13 @@ stored the entry asked: JSON, or SSE chunks built with vLLM's chunk models and d
 them -- per choice a role chunk, the content, the tool calls (each whole, with its id and name), a
 finish chunk with `finish_reason` and `stop_reason` -- then the usage chunk when
 `stream_options.include_usage` asks, then `[DONE]`.
+
+Every hit gets fresh ids: the response's and each tool call's. A client keys its tool results by
+the call id (`tool_call_id`), so two answers that share one (a new user's report: the stored
+`chatcmpl-tool-...` id came back on every hit) would let one conversation's tool result be matched
+to another call. Ids vLLM writes in the random form are drawn again with vLLM's own
+`make_tool_call_id`; a model's deterministic form (Kimi K2's `functions.<name>:<index>`) is kept,
+since vLLM would write the same one again.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from vllm.entrypoints.openai.completion.protocol import (
     CompletionStreamResponse,
 )
 from vllm.entrypoints.serve.engine.protocol import UsageInfo
+from vllm.renderers.chat_utils import make_tool_call_id
 
 from common.request_kind import RequestKind
 
@@ -65,11 +73,32 @@ def storable(body: dict, tools: bool = False) -> bool:
     return True
 
 
+# vLLM's random tool-call id form (`make_tool_call_id`'s default): drawn again on every hit.
+_RANDOM_TOOL_CALL_ID = "chatcmpl-tool-"
+
+
+def _fresh_tool_calls(message: dict) -> dict:
+    """The message with each randomly-drawn tool-call id drawn again (a copy; the entry is kept)."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    fresh = [dict(call, id=make_tool_call_id()) if str(call.get("id") or "").startswith(_RANDOM_TOOL_CALL_ID)
+             else call for call in calls]
+    return dict(message, tool_calls=fresh)
+
+
+def _fresh_choices(entry: dict) -> list:
+    return [dict(c, message=_fresh_tool_calls(c["message"])) if isinstance(c.get("message"), dict) else c
+            for c in entry.get("choices") or []]
+
+
 def as_response(kind: str, entry: dict) -> dict:
-    """A stored body as a fresh response: its own id and creation time, the same choices and usage."""
+    """A stored body as a fresh response: its own id, tool-call ids and creation time, the same
+    choices and usage."""
     body = dict(entry)
     body["id"] = _new_id(kind)
     body["created"] = int(time.time())
+    body["choices"] = _fresh_choices(entry)
     return body
 
 
@@ -122,7 +151,7 @@ def as_sse(kind: str, entry: dict, include_usage: bool) -> Iterator[str]:
     base = {"id": _new_id(kind), "created": int(time.time()), "model": entry.get("model")}
     fingerprint = entry.get("system_fingerprint")
     usage_last = include_usage and entry.get("usage") is not None
-    for choice in entry["choices"]:
+    for choice in _fresh_choices(entry):
         yield from (_chat_chunks if kind == CHAT else _completion_chunks)(
             base, choice, None if usage_last else fingerprint)
     if usage_last:

@@ -353,6 +353,14 @@ def _body_answer(body: dict) -> dict:
     return out
 
 
+def _call_ids(r: httpx.Response) -> list[str]:
+    """The tool-call ids of an answer, whole or streamed."""
+    if r.headers["content-type"].startswith("text/event-stream"):
+        return [t["id"] for e in _events(r) for c in e.get("choices") or []
+                for t in (c.get("delta") or {}).get("tool_calls") or [] if t.get("id")]
+    return [t["id"] for c in r.json()["choices"] for t in (c.get("message") or {}).get("tool_calls") or []]
+
+
 def _keys(obj, skip=("id",)) -> object:
     """The structure of a JSON body: its keys, recursively (values left out)."""
     if isinstance(obj, dict):
@@ -429,6 +437,9 @@ def test_a_cached_answer_is_the_models_answer_framed_as_the_request_asks(base_ur
         time.sleep(0.2)
     assert cached.headers["x-raygate-cache"] == "hit-exact", "not stored"
     assert cached.headers["content-type"].split(";")[0] == model.headers["content-type"].split(";")[0]
+    if extra.get("tools"):  # each answer its own tool-call ids: a client keys its tool results by them
+        stored_ids, served_ids = _call_ids(first), _call_ids(cached)
+        assert stored_ids and served_ids and not set(stored_ids) & set(served_ids), (stored_ids, served_ids)
     if stream:
         m, c = _events(model), _events(cached)
         assert _shape(c) == _shape(m), (_shape(c), _shape(m))

@@ -110,6 +110,19 @@ def test_only_text_user_turns_are_matched_by_meaning():
     assert p.read and p.query is None
 
 
+@pytest.mark.parametrize("prompt", ["The capital of France is", "the capital of france is",
+                                    "The capital of France is:", "The capital of France is "])
+def test_a_completions_prompt_is_never_matched_by_meaning_only_verbatim(prompt):
+    """A completion continues its prompt's literal text: one of these served another's answer before."""
+    p = plan("completion", {"model": "m", "prompt": prompt, "temperature": 0})
+    assert p.read and p.write and p.query is None
+    assert p.exact_key == plan("completion", {"model": "m", "prompt": prompt, "temperature": 0}).exact_key
+    others = {"The capital of France is", "the capital of france is", "The capital of France is:",
+              "The capital of France is "} - {prompt}
+    assert all(plan("completion", {"model": "m", "prompt": o, "temperature": 0}).exact_key != p.exact_key
+               for o in others)
+
+
 def test_request_options_ttl_and_threshold():
     p = plan("chat", chat(), RequestCacheOptions(ttl=10**9, similarity_threshold=0.95))
     assert p.ttl_s == CFG.max_ttl_s and p.threshold == 0.95

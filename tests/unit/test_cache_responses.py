@@ -43,10 +43,23 @@ def fold(kind, chunks, strip_usage=False):
     return c.result(), relayed
 
 
+def _without_call_ids(body: dict) -> dict:
+    choices = []
+    for c in body.get("choices") or []:
+        message = c.get("message")
+        if isinstance(message, dict) and message.get("tool_calls"):
+            c = dict(c, message=dict(message, tool_calls=[dict(t, id=None) for t in message["tool_calls"]]))
+        choices.append(c)
+    return {k: v for k, v in dict(body, choices=choices).items() if k not in ("id", "created")}
+
+
 def same_answer(a: dict, b: dict) -> bool:
-    """Equal but for the id and creation time a replay gets afresh."""
-    strip = lambda d: {k: v for k, v in d.items() if k not in ("id", "created")}  # noqa: E731
-    return strip(a) == strip(b)
+    """Equal but for the ids (the response's and its tool calls') and creation time a replay gets afresh."""
+    return _without_call_ids(a) == _without_call_ids(b)
+
+
+def call_ids(body: dict) -> list:
+    return [t["id"] for c in body["choices"] for t in c["message"].get("tool_calls") or []]
 
 
 def test_a_stored_answer_streams_like_a_live_one_and_folds_back_unchanged():
@@ -65,12 +78,32 @@ def test_a_stored_answer_streams_like_a_live_one_and_folds_back_unchanged():
 def test_tool_calls_replay_identically_streamed_and_not():
     chunks = list(as_sse("chat", TOOL_BODY, include_usage=True))
     calls = [c for e in events(chunks) if e["choices"] for c in e["choices"][0]["delta"].get("tool_calls") or []]
-    assert [(c["index"], c["id"], c["function"]["name"]) for c in calls] == \
-        [(0, "chatcmpl-tool-1", "get_weather"), (1, "chatcmpl-tool-2", "get_time")]
+    assert [(c["index"], c["function"]["name"]) for c in calls] == [(0, "get_weather"), (1, "get_time")]
     assert storable(TOOL_BODY)
     folded, _ = fold("chat", chunks)
     assert same_answer(folded, TOOL_BODY)
     assert same_answer(as_response("chat", TOOL_BODY), TOOL_BODY)
+
+
+def test_every_replay_gets_its_own_tool_call_ids_in_vllms_form_and_the_entry_keeps_its_own():
+    """A client keys tool results by call id: two answers must never share one (a user's report)."""
+    stored = call_ids(TOOL_BODY)
+    streamed = [c["id"] for e in events(as_sse("chat", TOOL_BODY, include_usage=False)) if e["choices"]
+                for c in e["choices"][0]["delta"].get("tool_calls") or []]
+    whole = [call_ids(as_response("chat", TOOL_BODY)) for _ in range(2)]
+    seen = [stored, streamed, *whole]
+    assert all(len(ids) == 2 for ids in seen)
+    assert len({i for ids in seen for i in ids}) == 8, seen  # all distinct
+    assert all(i.startswith("chatcmpl-tool-") and len(i) > len("chatcmpl-tool-") + 8 for ids in seen[1:] for i in ids)
+    assert call_ids(TOOL_BODY) == ["chatcmpl-tool-1", "chatcmpl-tool-2"]  # the entry itself is unchanged
+
+
+def test_a_models_deterministic_tool_call_ids_are_kept():
+    """Kimi K2's ids name the function and index (`functions.get_weather:0`): vLLM writes the same again."""
+    body = chat_body(ChatMessage(role="assistant", content=None, tool_calls=[
+        ToolCall(id="functions.get_weather:0", function=FunctionCall(name="get_weather", arguments="{}"))]),
+        finish="tool_calls")
+    assert call_ids(as_response("chat", body)) == ["functions.get_weather:0"]
 
 
 def test_a_live_stream_of_tool_call_deltas_folds_into_the_non_streamed_body():
