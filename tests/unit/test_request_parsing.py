@@ -1,5 +1,7 @@
 """Client mistakes become APIError(400) naming the problem, before anything reaches an engine."""
 
+import json
+
 import pytest
 
 from common.errors import APIError
@@ -23,6 +25,25 @@ def _err(fn, *a) -> APIError:
 def test_bodies_that_are_not_json_objects(body, words):
     e = _err(parse_json_object, body)
     assert e.status == 400 and words in e.message
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "m", "metadata": ' + b"[" * 1000 + b"]" * 1000 + b"}",  # Python's parser: RecursionError
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"model": "m", "messages": [{"role": "user", "content": ' + b'{"a": ' * 129 + b"1" + b"}" * 129 + b"}]}",
+])
+def test_bodies_nested_too_deeply_are_a_400_not_a_500(body):
+    e = _err(parse_json_object, body)
+    assert e.status == 400 and "128 levels" in e.message
+
+
+def test_a_deep_but_real_json_schema_passes():
+    schema: dict = {"type": "string"}
+    for _ in range(40):  # 40 nested objects: ~80 levels with the wrappers
+        schema = {"type": "object", "properties": {"x": schema}}
+    body = {"model": "m", "messages": MSG, "response_format": {"type": "json_schema",
+                                                               "json_schema": {"name": "s", "schema": schema}}}
+    assert parse_json_object(json.dumps(body).encode()) == body
 
 
 def test_unknown_parameter_is_named():
