@@ -224,8 +224,10 @@ class Details:
     # content words written more than once, with their counts: a word repeated has a second role
     # ("the French Revolution, in French"; "active": true in a sample and "active is true" asked)
     repeats: tuple = ()
-    # content items right after a determiner ("a reverse mortgage", "the following code"): English
-    # syntax puts a noun phrase there, so the word is a noun or a modifier, never a verb
+    # content items right after a determiner or a preposition ("a reverse mortgage", "the following
+    # code", "in reverse order"): English syntax puts a noun phrase there, so the word is a noun or a
+    # modifier, never a verb (an added one narrows the request: "List the planets in reverse order
+    # from the sun" was served the in-order answer, a new user's report)
     nominal: frozenset = field(default_factory=frozenset)
     # the text states a condition ("... if I paint over it?"): words it adds to a request may be the
     # condition, which changes the answer, however common they are
@@ -378,6 +380,10 @@ def _dates(normalized: str) -> list[str]:
 _CONDITIONALS = frozenset({"if", "unless"})
 
 _DETERMINERS = frozenset("a an the my your his her its our their this that these those some any each every".split())
+# Prepositions take a noun phrase as their object, so a word right after one is a noun or a modifier
+# of one ("in reverse order", "by descending date"), as after a determiner. "to" is left out: it is
+# also the infinitive marker ("to reverse a list", a verb).
+_PREPOSITIONS = frozenset("in on at by for from with into onto of".split())
 
 # A capitalised word that does not open a sentence is a name in English orthography.
 _CAPITALISED = re.compile(r"(?<![.!?:\n]\s)(?<!^)\b([A-Z][A-Za-z0-9]*)")
@@ -408,7 +414,8 @@ def details(text: str) -> Details:
     for tok in tokens:
         tok = tok.strip()
         after_how, after_number = previous == "how", bool(_NUMBER.match(previous) or previous in _NUMBER_WORDS)
-        after_determiner, after_and, previous = previous in _DETERMINERS, previous == "and", tok
+        after_determiner = previous in _DETERMINERS or previous in _PREPOSITIONS
+        after_and, previous = previous == "and", tok
         if after_how and tok in _HOW_MEASURES:
             item = "how-" + _HOW_SAME.get(tok, tok)
             content.add(item)

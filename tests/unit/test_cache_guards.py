@@ -143,6 +143,13 @@ def test_spelling_variants_and_modifiers():
     assert mismatch("regex for us zipcode", "regex for us zip code") is None
     # "reverse" is a common verb, but after a determiner it modifies a noun: a narrower request
     assert mismatch("Explain how a reverse mortgage works.", "Explain how a mortgage works.") == "content"
+    # and after a preposition (a user's report: the in-order list was served for "reverse order")
+    assert mismatch("List the planets in reverse order from the sun.",
+                    "List the planets in order from the sun.") == "content"
+    assert mismatch("List the planets in order from the sun.",
+                    "List the planets in reverse order from the sun.") == "content"
+    assert mismatch("Please list the planets in order from the sun.",
+                    "List the planets in order from the sun.") is None
 
 
 @wordnet
