@@ -245,7 +245,9 @@ class Ingress:
         return response
 
     def _view(self, kind: RequestKind, request: Request, payload: dict, tenant) -> RequestView:
-        model = payload.get("model", self._default_model)
+        model = payload.get("model")
+        if model is None:  # omitted or null: the default model serves it (build_view), so it is named
+            model = self._default_model
         if isinstance(model, str) and model in self._models:
             request.state.model = model  # for the latency series, errors included
         return build_view(kind, payload, tenant, self._default_model, self._models)

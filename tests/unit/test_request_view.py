@@ -53,3 +53,18 @@ def test_a_text_only_model_refuses_a_non_text_part_naming_it():
     text = validate_request(RequestKind.CHAT, {"model": "m", "messages": [
         {"role": "user", "content": [{"type": "text", "text": "a"}]}]})
     assert text_only_refusal("m", text) is None
+
+
+@pytest.mark.parametrize("payload", [{"messages": [{"role": "user", "content": "hi"}]},
+                                     {"model": None, "messages": [{"role": "user", "content": "hi"}]}])
+def test_the_ingress_names_the_default_model_for_a_request_without_one(payload):
+    """The latency series is labelled with the model that serves the request: a `model: null` request
+    was counted under model="" (a new user's report)."""
+    from types import SimpleNamespace
+
+    from deployments.ingress import Ingress
+
+    ingress = SimpleNamespace(_default_model="m", _models={"m", "other"})
+    request = SimpleNamespace(state=SimpleNamespace())
+    view = Ingress.func_or_class._view(ingress, RequestKind.CHAT, request, dict(payload), T)
+    assert view.model == "m" and request.state.model == "m"
