@@ -149,17 +149,31 @@ def _check_content_type(request: Request) -> None:
                         "JSON ('application/json').", param="Content-Type")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """Read the body, refusing with 413 as soon as it is known to exceed `limit` bytes."""
+# Longest wait for the next part of a request body. A client that declares more bytes than it sends
+# held its request open for as long as it kept the connection (HAProxy's client timeout is 3,600 s;
+# a new user's report: no answer after 150 s). 30 s of silence mid-body is not a slow link.
+BODY_IDLE_TIMEOUT_S = 30.0
+
+
+async def _read_body(request: Request, limit: int, idle_timeout_s: float = BODY_IDLE_TIMEOUT_S) -> bytes:
+    """Read the body, refusing with 413 as soon as it is known to exceed `limit` bytes, and with 408
+    when no part of it arrives for `idle_timeout_s` seconds."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"Request body of {declared} bytes exceeds the limit of {limit} bytes.")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"Request body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout_at(loop.time() + idle_timeout_s) as deadline:
+            async for chunk in request.stream():
+                deadline.reschedule(loop.time() + idle_timeout_s)
+                size += len(chunk)
+                if size > limit:
+                    raise APIError(413, f"Request body exceeds the limit of {limit} bytes.")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise APIError(408, f"The request body stopped arriving: no data for {idle_timeout_s:g} s after "
+                            f"{size} bytes (Content-Length: {declared}).") from None
     return b"".join(chunks)
 
 

@@ -24,6 +24,7 @@ _ERRORS = {
     "401": "Missing or wrong API key.",
     "403": "The API key may not use this endpoint.",
     "404": "Unknown model or route.",
+    "408": "The request body stopped arriving (no data for 30 s).",
     "413": "Request body larger than the configured limit.",
     "415": "The body is not JSON: Content-Type must be application/json (or a +json type).",
     "429": "A tenant's rate limit or token budget is spent; see Retry-After.",
@@ -52,7 +53,7 @@ def _generation(request: str, response: str) -> dict:
             "200": {"description": "The completion, or with `stream: true` its SSE stream.",
                     "content": {"application/json": {"schema": _schema(response)},
                                 "text/event-stream": {"schema": _SSE_EVENT}}},
-            **_errors("400", "401", "404", "413", "415", "429", "503"),
+            **_errors("400", "401", "404", "408", "413", "415", "429", "503"),
         },
         "security": [{"bearerAuth": []}],
     }

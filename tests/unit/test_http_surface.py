@@ -65,3 +65,49 @@ def test_generation_bodies_must_be_json(content_type, status):
     if status == 415:
         err = r.json()["error"]
         assert err["param"] == "Content-Type" and "Content-Type" in err["message"] and err["code"] == 415
+
+
+class _TrickleRequest:
+    """A request whose body sends `parts` and then nothing more (the client keeps the connection)."""
+
+    def __init__(self, parts: list[bytes], declared: int):
+        self.headers = {"content-length": str(declared)}
+        self._parts = parts
+
+    async def stream(self):
+        import asyncio
+
+        for part in self._parts:
+            yield part
+            await asyncio.sleep(0.2)  # a live client: parts 200 ms apart, each one resets the wait
+        await asyncio.sleep(3600)
+
+
+def test_a_body_that_stops_arriving_is_a_408_not_a_hang():
+    """Content-Length 99,999 and 91 bytes sent: no answer after 150 s before (a new user's report)."""
+    import asyncio
+    import time
+
+    from deployments.ingress import _read_body
+
+    t0 = time.monotonic()
+    with pytest.raises(APIError) as e:
+        asyncio.run(_read_body(_TrickleRequest([b"x" * 30] * 3 + [b"y"], 99_999), 1 << 20, idle_timeout_s=0.3))
+    took = time.monotonic() - t0
+    assert e.value.status == 408 and "91 bytes" in e.value.message and "99999" in e.value.message
+    # 4 parts 200 ms apart (0.6 s in all, more than the 0.3 s wait: "91 bytes") were all read; the silence after
+    # them timed out
+    assert 0.8 < took < 3.0, took  # the last part at 0.6 s, then 0.3 s of silence
+
+
+def test_a_body_that_arrives_is_read_whole():
+    import asyncio
+
+    from deployments.ingress import _read_body
+
+    class Whole(_TrickleRequest):
+        async def stream(self):
+            for part in self._parts:
+                yield part
+
+    assert asyncio.run(_read_body(Whole([b'{"a": ', b"1}"], 8), 1 << 20, idle_timeout_s=0.3)) == b'{"a": 1}'
