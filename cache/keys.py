@@ -8,10 +8,10 @@ field that can change the answer -- model, every sampling parameter, tools, tool
 format, stop strings, max_tokens, n, logit_bias, seed, and for chats every message before the last
 -- goes into the *scope* hash, together with the tenant; the exact key adds the last message (or a
 completion's prompt) verbatim. Only a chat's last user message's text is left to match by meaning,
-and only inside one scope: a follow-up like "and in TypeScript?" can never meet another conversation's
-answer, and a system prompt or a temperature that differs is a different scope. A completion's prompt is never
-matched by meaning: the model continues its literal text, so a change of case, tense, punctuation or
-a trailing space changes the answer ("The capital of France is" -> " Paris.", "The capital of France
+and only inside one scope: a follow-up like "and in TypeScript?" can never meet another
+conversation's answer, and a system prompt or a temperature that differs is a different scope. A
+completion's prompt is never matched by meaning: the model continues its literal text, so a change
+of case, tense, punctuation or a trailing space changes the answer ("The capital of France is" -> " Paris.", "The capital of France
 is:" -> "\n\nParis", "the capital of france is" -> " 2100000" on the default model, each served the
 first one's answer at similarity 0.93-1.00 before; a new user's report). Content parts that
 are not text (images, audio) enter the keys as their JSON, so by content digest, and a message that

@@ -259,12 +259,14 @@ class Ingress:
         return response
 
     def _view(self, kind: RequestKind, request: Request, payload: dict, tenant) -> RequestView:
-        model = payload.get("model")
-        if model is None:  # omitted or null: the default model serves it (build_view), so it is named
-            model = self._default_model
-        if isinstance(model, str) and model in self._models:
-            request.state.model = model  # for the latency series, errors included
-        return build_view(kind, payload, tenant, self._default_model, self._models)
+        try:
+            return build_view(kind, payload, tenant, self._default_model, self._models)
+        finally:
+            # For the latency series, errors included: build_view fills in the default model for an
+            # omitted or null one before any check, so the label is the model that serves it.
+            model = payload.get("model")
+            if isinstance(model, str) and model in self._models:
+                request.state.model = model
 
     async def _serve_request(self, kind: RequestKind, request: Request) -> Response:
         tenant = self._auth.tenant(request.headers)
